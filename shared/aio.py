@@ -1,0 +1,59 @@
+"""Async helpers: run a blocking generator in a worker thread without blocking the loop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TypeVar
+
+T = TypeVar("T")
+_DONE = object()
+
+
+async def iterate_in_thread(make: Callable[[], Iterator[T]], maxsize: int = 4) -> AsyncIterator[T]:
+    """Yield the items of a blocking iterator produced in a worker thread.
+
+    The queue is bounded so a slow consumer slows the producer; when the consumer
+    stops early (cancelled, barge-in) the producer is told to stop at its next item.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[object] = asyncio.Queue(maxsize)
+    stop = threading.Event()
+
+    def put(item: object) -> None:
+        fut = asyncio.run_coroutine_threadsafe(queue.put(item), loop)
+        while not stop.is_set():
+            try:
+                fut.result(timeout=0.1)
+                return
+            except TimeoutError:
+                continue
+        fut.cancel()
+
+    def produce() -> None:
+        try:
+            for item in make():
+                if stop.is_set():
+                    return
+                put(item)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
+            put(exc)
+            return
+        put(_DONE)
+
+    worker = loop.run_in_executor(None, produce)
+    try:
+        while True:
+            item = await queue.get()
+            if item is _DONE:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        # drain so a producer blocked on put() sees the stop flag promptly
+        while not queue.empty():
+            queue.get_nowait()
+        await asyncio.shield(worker)

@@ -1,0 +1,113 @@
+"""Declarative settings, one class per service, read from the environment and `.env`.
+
+Every field is listed (with its default) in `.env.example`. Invalid values fail
+at start-up with pydantic's message, never at the first request.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _cfg(prefix: str) -> SettingsConfigDict:
+    return SettingsConfigDict(env_prefix=prefix, env_file=ROOT / ".env", extra="ignore")
+
+
+class CommonSettings(BaseSettings):
+    model_config = _cfg("")
+    log_level: str = "INFO"
+    log_json: bool = False
+    log_user_text: bool = Field(False, description="log transcripts and replies (off: privacy)")
+
+
+class SttSettings(BaseSettings):
+    model_config = _cfg("STT_")
+    host: str = "127.0.0.1"
+    port: int = 8001
+    engine: Literal["faster_whisper"] = "faster_whisper"
+    model: str = Field("", description="faster-whisper model name or path; empty = bundled tiny.en")
+    device: str = "cpu"
+    compute_type: str = "int8"
+    beam_size: int = Field(1, ge=1, le=10)
+    cpu_threads: int = Field(2, ge=1)
+    language: str = "en"
+    max_upload_mb: float = 25.0
+    no_speech_threshold: float = Field(0.6, description="drop segments more likely silence than speech")
+    logprob_threshold: float = Field(-1.0, description="drop segments decoded with lower avg log-probability")
+
+
+class ChatSettings(BaseSettings):
+    model_config = _cfg("CHAT_")
+    host: str = "127.0.0.1"
+    port: int = 8002
+    engine: Literal["llama_cpp", "openai", "vllm", "groq"] = "llama_cpp"
+    model_path: str = Field("", description="GGUF path; empty = bundled Gemma 3 270M")
+    n_threads: int = Field(2, ge=1)
+    n_ctx: int = Field(2048, ge=256)
+    max_tokens: int = Field(60, ge=1, le=1024)
+    temperature: float = Field(0.6, ge=0, le=2)
+    openai_base_url: str = "http://127.0.0.1:8080/v1"
+    openai_api_key: SecretStr = SecretStr("")
+    openai_model: str = ""
+    vllm_model: str = ""
+    groq_model: str = "llama-3.1-8b-instant"
+    history_turns: int = Field(8, ge=0, description="/chat: turns kept per session")
+    max_sessions: int = Field(1000, ge=1)
+
+
+class GroqSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=ROOT / ".env", extra="ignore")
+    groq_api_key: SecretStr = SecretStr("")
+
+
+class TtsSettings(BaseSettings):
+    model_config = _cfg("TTS_")
+    host: str = "127.0.0.1"
+    port: int = 8003
+    engine: Literal["piper", "xtts", "cartesia", "elevenlabs"] = "piper"
+    voice: str = Field("", description="Piper .onnx path; empty = bundled en_US-joe-medium")
+    chunk_ms: int = Field(80, ge=10, le=1000, description="max audio per streamed chunk")
+    xtts_model_path: str = ""
+    xtts_speaker_wav: str = ""
+    cartesia_api_key: SecretStr = SecretStr("")
+    cartesia_voice_id: str = ""
+    cartesia_url: str = "wss://api.cartesia.ai/tts/websocket"
+    elevenlabs_api_key: SecretStr = SecretStr("")
+    elevenlabs_voice_id: str = ""
+    elevenlabs_url: str = "wss://api.elevenlabs.io"
+
+
+class ServerSettings(BaseSettings):
+    model_config = _cfg("SERVER_")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    stt_url: str = "http://127.0.0.1:8001"
+    chat_url: str = "http://127.0.0.1:8002"
+    tts_url: str = "ws://127.0.0.1:8003/tts/stream"
+    agents_file: str = str(ROOT / "agents.json")
+    request_timeout: float = 30.0
+    # speech detector defaults (per-session overrides in the init message)
+    energy_threshold: float = Field(12.0, description="dB above the adaptive noise floor that counts as speech")
+    min_speech_duration: float = 0.08
+    pause_duration: float = Field(0.2, description="silence that starts speculative processing")
+    max_silence_duration: float = Field(0.9, description="silence that ends a turn whatever was said")
+    max_recording_duration: float = 30.0
+    detector: Literal["energy", "silero"] = "energy"
+    # turn-taking
+    confirm_silence: float = Field(0.25, description="silence after which a complete-looking transcript ends the turn")
+    backchannel_max: float = Field(0.6, description="speech shorter than this during playback does not interrupt")
+    history_turns: int = 10
+    history_tokens: int = 600
+    max_input_queue_s: float = 10.0
+
+
+@lru_cache
+def common() -> CommonSettings:
+    return CommonSettings()
