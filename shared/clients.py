@@ -7,7 +7,7 @@ Errors are translated here, at the boundary, into `UpstreamError` with a
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -43,19 +43,22 @@ class ChatClient:
     def __init__(self, http: httpx.AsyncClient, base_url: str) -> None:
         self.http, self.url = http, base_url.rstrip("/") + "/v1/chat/completions"
 
-    async def stream(self, messages: list[dict[str, str]], **options: Any) -> AsyncIterator[str]:
+    async def stream(
+        self, messages: list[dict[str, str]], on_end_of_turn: Callable[[float], None] | None = None, **options: Any
+    ) -> AsyncIterator[str]:
         """Text deltas over server-sent events; leaving the loop closes the request,
-        which stops generation on the chat service."""
+        which stops generation on the chat service. With `on_end_of_turn`, asks the chat
+        service how finished the user's last message reads (if its engine can tell)."""
         from services.chat.engines.openai_compat import iter_sse_deltas
         from shared.service import ServiceError
 
-        body = {"messages": messages, "stream": True, **options}
+        body = {"messages": messages, "stream": True, "end_of_turn": on_end_of_turn is not None, **options}
         try:
             async with self.http.stream("POST", self.url, json=body) as r:
                 if r.status_code != 200:
                     await r.aread()
                     raise UpstreamError("chat", _detail(r), retryable=r.status_code >= 500)
-                async for delta in iter_sse_deltas(r.aiter_lines()):
+                async for delta in iter_sse_deltas(r.aiter_lines(), on_end_of_turn):
                     yield delta
         except httpx.HTTPError as exc:
             raise UpstreamError("chat", f"unreachable ({type(exc).__name__})") from exc

@@ -51,6 +51,7 @@ class ChatSettings(BaseSettings):
     model_path: str = Field("", description="GGUF path; empty = bundled Gemma 3 270M")
     n_threads: int = Field(2, ge=1)
     n_ctx: int = Field(2048, ge=256)
+    nice: int = Field(5, ge=0, le=19, description="lower CPU priority of the chat process (0: unchanged)")
     max_tokens: int = Field(60, ge=1, le=1024)
     temperature: float = Field(0.6, ge=0, le=2)
     openai_base_url: str = "http://127.0.0.1:8080/v1"
@@ -96,12 +97,14 @@ class ServerSettings(BaseSettings):
     # speech detector defaults (per-session overrides in the init message)
     energy_threshold: float = Field(12.0, description="dB above the adaptive noise floor that counts as speech")
     min_speech_duration: float = 0.08
-    pause_duration: float = Field(0.2, description="silence that starts speculative processing")
+    pause_duration: float = Field(0.15, description="silence that starts speculative processing")
     max_silence_duration: float = Field(0.9, description="silence that ends a turn whatever was said")
     max_recording_duration: float = 30.0
     detector: Literal["energy", "silero"] = "energy"
     # turn-taking
-    confirm_silence: float = Field(0.25, description="silence after which a complete-looking transcript ends the turn")
+    confirm_silence: float = Field(0.35, description="silence after which a complete-looking transcript ends the turn")
+    end_of_turn_threshold: float = Field(0.2, description="chat engine's P(sentence finished) needed to end a turn early")
+    echo_threshold: float = Field(0.75, description="loudness-contour correlation with our own playback that marks input as echo (>1: off)")
     backchannel_max: float = Field(0.6, description="speech shorter than this during playback does not interrupt")
     history_turns: int = 10
     history_tokens: int = 600

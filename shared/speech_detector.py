@@ -82,26 +82,48 @@ class HopClassifier(Protocol):
 class EnergyClassifier:
     """RMS level in dBFS against an adaptive noise floor.
 
-    The floor follows quieter input at once and louder input slowly (about 2 s),
-    and only outside speech, so speech never raises it; steady noise does.
+    The floor is the quietest hop of the last `floor_window` seconds (minimum
+    statistics): speech always has quieter gaps between syllables and words, so the
+    minimum follows the background, whether or not someone is talking, and a noisy
+    room is learned within seconds, even when the stream starts in noise. Fluctuating
+    noise (babble) has single hops far below its usual level, so the floor is also at
+    least the quietest 100 ms average (power) of the window, 2 dB down.
     """
 
     hop = STT_RATE // 100  # 10 ms
 
-    def __init__(self, cfg: DetectorConfig) -> None:
+    def __init__(self, cfg: DetectorConfig, floor_window: float = 3.0) -> None:
         self.cfg = cfg
-        self.floor = -70.0
+        self._levels: deque[tuple[int, float]] = deque()  # (hop index, level), increasing levels
+        self._smoothed: deque[tuple[int, float]] = deque()  # the same over 100 ms averages - 2 dB
+        self._last: deque[float] = deque(maxlen=10)  # powers of the last 100 ms of hops
+        self._n = 0
+        self._window = int(floor_window * STT_RATE / self.hop)
         self.peak = -100.0  # loudest hop of the current utterance
+
+    @property
+    def floor(self) -> float:
+        return min(max(self._levels[0][1], self._smoothed[0][1], -90.0), -10.0) if self._levels else -90.0
+
+    def _track(self, level: float) -> None:
+        self._last.append(10 ** (level / 10))
+        smoothed = 10 * np.log10(sum(self._last) / len(self._last) + 1e-12) - 2.0
+        for mins, value in ((self._levels, level), (self._smoothed, smoothed)):
+            while mins and mins[-1][1] >= value:
+                mins.pop()
+            mins.append((self._n, value))
+            while mins[0][0] <= self._n - self._window:
+                mins.popleft()
+        self._n += 1
 
     def score(self, hop: np.ndarray, in_speech: bool) -> tuple[bool, bool]:
         level = rms_dbfs(hop)
+        self._track(level)
         start_thr = max(self.floor + self.cfg.energy_threshold, self.cfg.min_level_dbfs)
-        cont_thr = max(start_thr - self.cfg.hysteresis, self.cfg.min_level_dbfs - self.cfg.hysteresis)
+        # hysteresis never reaches down into the noise itself
+        cont_thr = max(start_thr - self.cfg.hysteresis, self.floor + self.cfg.energy_threshold / 2, self.cfg.min_level_dbfs - self.cfg.hysteresis)
         self.peak = max(self.peak, level) if in_speech else max(level, -100.0)
         cont_thr = max(cont_thr, self.peak - self.cfg.end_drop_db)
-        if not in_speech or level < self.floor:
-            rate = 0.3 if level < self.floor else 0.005
-            self.floor = min(max(self.floor + rate * (level - self.floor), -90.0), -10.0)
         return level > start_thr, level > cont_thr
 
 

@@ -1,8 +1,8 @@
 """Cuts streamed LLM text into pieces worth speaking.
 
-The first piece is cut early, at the first clause boundary once it has a few
-words, so speech starts while the model is still writing; later pieces end at
-sentence boundaries so the voice keeps natural prosody.
+The first piece is cut early, at the first clause boundary (or after a few words
+if none comes), so speech starts while the model is still writing; later pieces
+end at sentence boundaries so the voice keeps natural prosody.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ _ABBREV = re.compile(r"\b(?:mr|mrs|ms|dr|st|vs|etc|e\.g|i\.e|no)\.\s$", re.IGNOR
 
 
 class TextChunker:
-    def __init__(self, first_min_words: int = 1, min_chars: int = 20) -> None:
+    def __init__(self, first_min_words: int = 1, first_max_words: int = 7, min_chars: int = 20) -> None:
         self.first_min_words = first_min_words
+        self.first_max_words = first_max_words
         self.min_chars = min_chars
         self._buf = ""
         self._first = True
@@ -43,10 +44,18 @@ class TextChunker:
                 continue
             long_enough = len(head.split()) >= self.first_min_words if self._first else len(head.strip()) >= self.min_chars
             if long_enough and _speakable(head):
-                self._buf = self._buf[m.end() :]
-                self._first = False
-                return head.strip()
+                return self._take(m.end())
+        if self._first:
+            # no clause boundary yet: start speaking after a few words rather than wait for the sentence
+            words = list(re.finditer(r"\S+\s", self._buf))
+            if len(words) > self.first_max_words:
+                return self._take(words[self.first_max_words - 1].end())
         return None
+
+    def _take(self, end: int) -> str:
+        head, self._buf = self._buf[:end], self._buf[end:]
+        self._first = False
+        return head.strip()
 
 
 def _speakable(text: str) -> bool:

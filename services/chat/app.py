@@ -4,6 +4,7 @@ plus /chat with a bounded per-session history and /chat/groq."""
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from collections import OrderedDict, deque
@@ -41,7 +42,17 @@ def make_engine(cfg: ChatSettings) -> ChatEngine:
 
 engine = make_engine(cfg)
 groq = engine if isinstance(engine, GroqEngine) else GroqEngine(cfg)
-app, state = create_service("chat", engine.load, log, "Chat completions for the voice agent.")
+
+
+async def _load() -> None:
+    if cfg.nice:
+        # Token generation keeps both cores busy; a lower priority lets the short STT and
+        # TTS bursts on the latency path preempt it instead of queueing behind it.
+        os.nice(cfg.nice)
+    await engine.load()
+
+
+app, state = create_service("chat", _load, log, "Chat completions for the voice agent.")
 
 
 class CompletionRequest(BaseModel):
@@ -51,6 +62,8 @@ class CompletionRequest(BaseModel):
     max_tokens: int | None = Field(None, ge=1, le=4096)
     temperature: float | None = Field(None, ge=0, le=2)
     stop: list[str] | str | None = None
+    end_of_turn: bool = Field(False, description="extension: first SSE event is {'object': 'end_of_turn', 'probability'} "
+                              "(how finished the last user message reads), when the engine supports it")
 
 
 def _options(req: CompletionRequest) -> GenerationOptions:
@@ -90,6 +103,8 @@ async def completions(req: CompletionRequest):  # type: ignore[no-untyped-def]
         t0, first, n = time.perf_counter(), None, 0
         yield event({"role": "assistant"})
         try:
+            if req.end_of_turn and (p := await engine.end_of_turn(req.messages)) is not None:
+                yield f"data: {json.dumps({'object': 'end_of_turn', 'probability': round(p, 4)})}\n\n"
             async for delta in engine.stream(req.messages, opts):
                 if first is None:
                     first = time.perf_counter() - t0

@@ -1,8 +1,9 @@
 """Few-shot prompt for base (non-instruction-tuned) models such as Gemma 3 270M.
 
 A base model continues text, so the prompt shows it what a good spoken reply looks
-like: a short transcript with one or two plain sentences per answer. Generation
-stops at the end of the line, so the reply is exactly one assistant line.
+like: a transcript where each answer is one or two plain sentences that open with
+a short clause ("Oh, ...", "Sure, ..."). The short opening lets speech start after
+a couple of tokens. Generation stops at the end of the line.
 """
 
 from __future__ import annotations
@@ -13,28 +14,37 @@ DEFAULT_SYSTEM = "A friendly voice assistant who answers in one or two short spo
 
 # Kept constant so its KV cache is reused across turns and sessions (prefix caching).
 _EXAMPLES = [
-    ("Hi there, how are you today?", "I'm doing well, thanks for asking. What can I do for you?"),
-    ("What is a good way to relax after work?", "A short walk or some quiet music helps most people unwind."),
+    ("Hi there, how are you today?", "Oh, I'm doing well, thanks for asking. What can I do for you?"),
+    ("What is a good way to relax after work?", "Well, a short walk or some quiet music helps most people unwind."),
     ("Can you tell me the capital of France?", "Sure, the capital of France is Paris."),
-    ("I am reading an old book about printing.", "That sounds fascinating. Old books tell us a lot about how people used to work."),
-    ("The weather was terrible this morning.", "Sorry to hear that. I hope it clears up for the rest of your day."),
+    ("I have been reading an old book about printing.", "Oh, that sounds fascinating. Old books say a lot about how people used to work."),
+    ("The weather was terrible this morning.", "Oh no, I'm sorry to hear that. I hope it clears up for the rest of your day."),
+    ("He said he would come back tomorrow.", "I see, so you will see him again tomorrow. That's good news."),
 ]
 
-HEADER = "The following is a transcript of a phone call with a helpful voice assistant.\n"
+HEADER = "The following is a transcript of phone calls with a helpful voice assistant.\n\n"
 
 
-def build_prompt(messages: list[ChatMessage], assistant: str = "Assistant") -> str:
-    """Render chat messages as a few-shot transcript ending in an open assistant line."""
+def build_prompt(messages: list[ChatMessage], open_user: bool = False) -> str:
+    """Render chat messages as a few-shot transcript ending in an open assistant line.
+
+    `open_user`: end instead inside the last user line, without its final punctuation,
+    so the next-token distribution tells whether the user's sentence is finished. That
+    text is a prefix of the reply prompt, so its KV cache is reused by the reply.
+    """
     system = " ".join(m.content.strip() for m in messages if m.role == "system") or DEFAULT_SYSTEM
     lines = [HEADER]
     for user, reply in _EXAMPLES:
         lines.append(f"User: {user}\nAssistant: {reply}\n")
-    lines.append(f"\n(New call. About the assistant: {_one_line(system)})\n")
+    lines.append(f"\nNew call. The assistant: {_one_line(system)}\n")
     for m in messages:
         if m.role == "user":
             lines.append(f"User: {_one_line(m.content)}\n")
         elif m.role == "assistant":
             lines.append(f"Assistant: {_one_line(m.content)}\n")
+    if open_user:
+        prompt = "".join(lines).rstrip("\n")
+        return prompt.rstrip(".?!…")
     lines.append("Assistant:")
     return "".join(lines)
 

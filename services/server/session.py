@@ -83,7 +83,7 @@ class Session:
         self.allow_interruptions = init.allowInterruptions
         self.detector = make_detector(self.cfg, agent.speechDetector, init.speechDetector)
         self.history = History(self.cfg.history_turns, self.cfg.history_tokens)
-        self.echo = EchoGuard()
+        self.echo = EchoGuard(threshold=self.cfg.echo_threshold)
         self.deps = TurnDeps(
             stt=services.stt,
             chat=services.chat,
@@ -102,6 +102,7 @@ class Session:
         self._play_until = 0.0  # wall clock when the client will have played all it got
         self._utterance = "normal"  # "normal" | "ignored" (backchannel, echo) | "barge" (may interrupt)
         self._barge_onset = 0.0
+        self._barge_merge = False  # the barge-in continues an utterance we answered early
         self._closed = False
         self._watchers: set[asyncio.Task[None]] = set()
         self._early: Turn | None = None
@@ -149,13 +150,12 @@ class Session:
             if self.speaking():
                 # while we talk, speech only counts once it lasts longer than a backchannel
                 # and does not follow our own voice (see _check_progress)
-                self._utterance = "barge" if self.allow_interruptions else "ignored"
-                self._barge_onset = ev.t
+                self._barge(ev.t, merge=False)
                 return
             await self.send(SpeechStart().dump())
         elif self._utterance != "normal":
             if isinstance(ev, UtteranceEnded):  # a backchannel, our own echo, or talk-over we ignore
-                self._utterance = "normal"
+                self._utterance, self._early = "normal", None
         elif isinstance(ev, SpeechPaused):
             await self._start_turn(ev.audio, speech_end, confirmed=False)
         elif isinstance(ev, SpeechResumed):
@@ -163,9 +163,11 @@ class Session:
             if self.pending is not None:
                 await self._cancel(self.pending)
                 self.pending = None
-            elif self._early is not None and self._early in (self.active, self.last_turn):
-                await self.interrupt(merged=True)
-            self._early = None
+            elif self._early is not None:
+                if self._early.sent_samples == 0:  # nothing played yet, so this cannot be our echo
+                    await self._merge_early()
+                else:
+                    self._barge(ev.t, merge=True)
         elif isinstance(ev, UtteranceEnded):
             await self.send(SpeechEnd(duration=round(len(ev.audio) / STT_RATE, 3)).dump())
             if self._early is not None:  # already answered: the transcript read complete
@@ -175,30 +177,43 @@ class Session:
             else:
                 await self._start_turn(ev.audio, speech_end, confirmed=True)
 
+    def _barge(self, onset: float, merge: bool) -> None:
+        self._utterance = "barge" if self.allow_interruptions else "ignored"
+        self._barge_onset, self._barge_merge = onset, merge
+
+    async def _merge_early(self) -> None:
+        """The user had not finished after all: forget the early answer; their turn goes on."""
+        early, self._early = self._early, None
+        if early is not None and self.speaking():
+            await self.interrupt(merged=True)
+        elif early is not None and self.last_turn is early and len(self.history):
+            self.history.drop_last()
+
     async def _check_progress(self) -> None:
         """Time-based decisions that are not detector events."""
         det = self.detector
         if self._utterance == "barge" and det.in_speech and det.silence == 0.0 and det.time - self._barge_onset >= self.cfg.backchannel_max:
-            if not self.speaking():
-                self._utterance = "normal"  # we stopped meanwhile: an ordinary turn
-                await self.send(SpeechStart().dump())
-            elif self.echo.is_echo():
+            if self.speaking() and self.echo.is_echo():
                 self._utterance = "ignored"
                 log.info("session %s: speech follows our own playback: echo, ignored", self.id)
             else:
                 self._utterance = "normal"
-                await self.send(SpeechStart().dump())
-                await self.interrupt()
+                if self._barge_merge:
+                    await self._merge_early()
+                else:
+                    await self.send(SpeechStart().dump())
+                    await self.interrupt()
         p = self.pending
-        if (
-            p is not None
-            and p.stt_done.is_set()
-            and p.transcript is not None
-            and reads_complete(p.transcript)
-            and self.detector.silence >= self.cfg.confirm_silence
-        ):
+        if p is not None and p.judged.is_set() and self._reads_finished(p) and det.silence >= self.cfg.confirm_silence:
             self._early = p  # promoted before the detector closed the utterance
             await self._promote(p)
+
+    def _reads_finished(self, turn: Turn) -> bool:
+        """End the turn before the silence limit only if the words say the thought is complete:
+        Whisper's final punctuation and, where the chat engine can tell, its language model."""
+        if turn.transcript is None or not reads_complete(turn.transcript):
+            return False
+        return turn.end_of_turn is None or turn.end_of_turn >= self.cfg.end_of_turn_threshold
 
     async def on_text(self, msg: object) -> None:
         if isinstance(msg, TranscriptIn):
@@ -206,7 +221,8 @@ class Session:
             await self._start_turn(None, time.perf_counter(), confirmed=True, text=msg.text)
         elif isinstance(msg, PlaybackIn):
             for t in (self.active, self.last_turn):
-                if t is not None and t.id == msg.turn_id:
+                if t is not None and t.id == msg.turn_id and not t.interrupted:
+                    # an ack for an interrupted turn may still be in flight: it must not restart the play clock
                     t.played_ms = msg.played_ms
                     remaining = t.sent_samples / OUT_RATE - msg.played_ms / 1000
                     self._play_until = time.perf_counter() + max(0.0, remaining)
@@ -243,7 +259,7 @@ class Session:
             watcher.add_done_callback(self._watchers.discard)
 
     async def _confirm_when_complete(self, turn: Turn) -> None:
-        await turn.stt_done.wait()
+        await turn.judged.wait()
         if self.pending is turn:
             await self._check_progress()
 
@@ -281,8 +297,9 @@ class Session:
         `merged`: the user had not finished after all; their turn continues and will be
         answered as a whole, so the cut reply is forgotten."""
         turn = self.active or (self.last_turn if time.perf_counter() < self._play_until else None)
-        if turn is None:
+        if turn is None or turn.interrupted:
             return
+        turn.interrupted = True
         await self._cancel(turn)
         unplayed = max(0.0, self._play_until - time.perf_counter())
         sent_ms = turn.sent_samples / OUT_RATE * 1000
@@ -299,6 +316,7 @@ class Session:
         self.active = None
         self.last_turn = turn
         await self.send(Interrupted(turn_id=turn.id, played_ms=round(played_ms, 1)).dump())
+        await self.send(turn.metrics())  # the timings of a cut turn are worth as much as any
         log.info("session %s: turn %d interrupted after %.0f ms of audio", self.id, turn.id, played_ms)
 
     async def close(self) -> None:

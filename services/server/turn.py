@@ -39,7 +39,7 @@ def reads_complete(text: str) -> bool:
     t = text.strip().rstrip("\"')]")
     if not t or t.endswith(("...", "…", ",", ";", ":", "-")) or t[-1] not in ".!?":
         return False
-    words = re.findall(r"[a-zA-Z']+", t.lower())
+    words = re.findall(r"[a-z0-9']+", t.lower())
     return bool(words) and words[-1] not in _INCOMPLETE_ENDINGS
 
 
@@ -78,8 +78,10 @@ class Turn:
         self.sent_samples = 0
         self.played_ms: float | None = None  # from client acks
         self.confirmed = False
-        self.stt_done = asyncio.Event()
+        self.end_of_turn: float | None = None  # chat engine's P(the user's sentence is finished)
+        self.judged = asyncio.Event()  # transcript and end-of-turn estimate known (or unavailable)
         self.finished = False
+        self.interrupted = False
         self.failed = False
         self._pending: list[tuple[Payload, np.ndarray | None]] = []  # held until confirmed: (payload, its audio)
         self._ended = 0  # TTS pieces fully received
@@ -117,6 +119,11 @@ class Turn:
                 await self._send(payload, audio)
             self._pending.clear()
             self.confirmed = True
+            if self.finished:
+                await self._send(self.metrics(), None)
+
+    def metrics(self) -> str:
+        return Metrics(turn_id=self.id, stages={k: round(v, 1) for k, v in self.marks.items()}).dump()
 
     # ------------------------------------------------------------------ pipeline
 
@@ -128,7 +135,6 @@ class Turn:
                 assert self.audio is not None
                 self.transcript = await self.deps.stt.transcribe(self.audio)
             self.mark("stt")
-            self.stt_done.set()
             if not usable_transcript(self.transcript):
                 return
             await self.emit(TranscriptOut(turn_id=self.id, text=self.transcript).dump())
@@ -136,8 +142,10 @@ class Turn:
             await self._reply(tts, messages(self.transcript))
             await self.emit(TtsStreamEnd(turn_id=self.id).dump())
             self.mark("done")
-            await self.emit(Metrics(turn_id=self.id, stages={k: round(v, 1) for k, v in self.marks.items()}).dump())
             self.finished = True
+            async with self._lock:
+                if self.confirmed:  # else confirm() sends them, with the release time in
+                    await self._send(self.metrics(), None)
             log.info("turn %d: %s -> %s | %s", self.id, user_text(self.transcript), user_text(self.reply), _fmt(self.marks))
         except UpstreamError as exc:
             self.failed = True
@@ -145,7 +153,7 @@ class Turn:
             await self.emit(ErrorOut(code=f"{exc.service}_failed", message=str(exc), recoverable=True).dump())
             await self.emit(TtsStreamEnd(turn_id=self.id).dump())
         finally:
-            self.stt_done.set()
+            self.judged.set()
             connect.cancel()
             if tts is None and connect.done() and not connect.cancelled() and connect.exception() is None:
                 tts = connect.result()
@@ -159,8 +167,9 @@ class Turn:
         chat_done = False
         player = asyncio.create_task(self._play(tts, spoken, lambda: chat_done))
         try:
-            async for delta in self.deps.chat.stream(messages, max_tokens=self.deps.max_tokens):
+            async for delta in self.deps.chat.stream(messages, self._on_end_of_turn, max_tokens=self.deps.max_tokens):
                 self.mark("first_token")
+                self.judged.set()  # engines that cannot estimate the end of turn send none
                 self.reply += delta
                 await self.emit(ResponseText(turn_id=self.id, text=delta).dump())
                 for piece in chunker.push(delta):
@@ -175,6 +184,11 @@ class Turn:
             player.cancel()
             with contextlib.suppress(asyncio.CancelledError, UpstreamError):
                 await player
+
+    def _on_end_of_turn(self, probability: float) -> None:
+        self.end_of_turn = probability
+        self.mark("end_of_turn")
+        self.judged.set()
 
     async def _speak(self, tts: TtsStream, text: str) -> None:
         self.mark("first_chunk")

@@ -28,6 +28,10 @@ class ChatEngine(ABC):
     async def load(self) -> None:
         """Load weights or check credentials; warm up."""
 
+    async def end_of_turn(self, messages: list[ChatMessage]) -> float | None:
+        """Probability that the last user message is a finished turn; None if not supported."""
+        return None
+
     @abstractmethod
     def stream(self, messages: list[ChatMessage], opts: GenerationOptions) -> AsyncIterator[str]:
         """Text deltas of the assistant's reply. Closing the iterator stops generation."""

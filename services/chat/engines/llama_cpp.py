@@ -42,12 +42,47 @@ class LlamaCppEngine(ChatEngine):
             n_batch=512,
             verbose=False,
         )
+        self._enders = self._ender_tokens()
         # Warm-up evaluates the fixed few-shot prefix, so the first real turn reuses its KV cache.
         for _ in self._generate(build_prompt([ChatMessage(role="user", content="Hello.")]), GenerationOptions(4, 0.0)):
             pass
 
     async def load(self) -> None:
         await asyncio.to_thread(self._load)
+
+    def _ender_tokens(self) -> list[int]:
+        """Tokens that end a sentence or a line: their probability after the user's words is P(end of turn)."""
+        assert self.llm is not None
+        ids = set()
+        for text in (".", "?", "!", "...", "…", "\n", "\n\n", ".\n", "?\n", "!\n", ".\n\n", "?\n\n", "!\n\n"):
+            toks = self.llm.tokenize(text.encode(), add_bos=False, special=False)
+            if len(toks) == 1:
+                ids.add(toks[0])
+        return sorted(ids)
+
+    def _end_of_turn(self, prompt: str) -> float:
+        import numpy as np
+
+        assert self.llm is not None
+        llm = self.llm
+        tokens = llm.tokenize(prompt.encode())
+        with self._lock:
+            # reuse the KV cache of the longest common prefix, as generate() does
+            n = 0
+            limit = min(llm.n_tokens, len(tokens) - 1)
+            while n < limit and llm.input_ids[n] == tokens[n]:
+                n += 1
+            llm.n_tokens = n
+            llm.eval(tokens[n:])
+            logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),))
+            top = logits.max()
+            probs = np.exp(logits - top)
+            return float(probs[self._enders].sum() / probs.sum())
+
+    async def end_of_turn(self, messages: list[ChatMessage]) -> float | None:
+        if not messages or messages[-1].role != "user":
+            return None
+        return await asyncio.to_thread(self._end_of_turn, build_prompt(messages, open_user=True))
 
     def _generate(self, prompt: str, opts: GenerationOptions) -> Iterator[str]:
         assert self.llm is not None

@@ -59,29 +59,37 @@ class FasterWhisperEngine(SttEngine):
         lang = language or self.cfg.language
         if duration > MAX_FAST:
             return self._long(audio, lang)
-        import ctranslate2
-
         fe = self.model.feature_extractor
         feats = fe(audio)[:, : int(duration * fe.sampling_rate / fe.hop_length)]
-        frames = min(fe.nb_max_frames, int((duration + WINDOW_PAD) * 100) // 100 * 100 + 100)
-        window = np.zeros((1, feats.shape[0], frames), np.float32)
-        window[0, :, : feats.shape[1]] = feats[:, :frames]
         tok = self._tokenizer(lang)
-        prompt = [*tok.sot_sequence, tok.no_timestamps]
+        frames = min(fe.nb_max_frames, int((duration + WINDOW_PAD) * 100) // 100 * 100 + 100)
+        res = self._decode(feats, frames, tok, duration)
+        ids = [t for t in res.sequences_ids[0] if t < tok.eot]
+        if _looped(ids) and frames < fe.nb_max_frames:
+            # a short window occasionally makes Whisper repeat itself; the full 30 s window does not
+            res = self._decode(feats, fe.nb_max_frames, tok, duration)
+            ids = [t for t in res.sequences_ids[0] if t < tok.eot]
+        text = tok.decode(ids).strip()
+        if self._hallucinated(res.no_speech_prob, res.scores[0]):
+            return Transcript("", lang, duration, dropped_segments=1)
+        return Transcript(text, lang, duration)
+
+    def _decode(self, feats: np.ndarray, frames: int, tok, duration: float):  # type: ignore[no-untyped-def]
+        import ctranslate2
+
+        assert self.model is not None
+        window = np.zeros((1, feats.shape[0], frames), np.float32)
+        window[0, :, : min(frames, feats.shape[1])] = feats[:, :frames]
         enc = self.model.model.encode(ctranslate2.StorageView.from_array(window), to_cpu=False)
-        res = self.model.model.generate(
+        return self.model.model.generate(
             enc,
-            [prompt],
+            [[*tok.sot_sequence, tok.no_timestamps]],
             beam_size=self.cfg.beam_size,
-            max_length=min(224, int(8 * duration) + 16),  # ~3 words/s speech is ~4 tokens/s
+            max_length=min(224, int(8 * duration) + 16),  # fast speech is ~4-5 tokens/s
             return_scores=True,
             return_no_speech_prob=True,
             suppress_blank=True,
         )[0]
-        text = tok.decode([t for t in res.sequences_ids[0] if t < tok.eot]).strip()
-        if self._hallucinated(res.no_speech_prob, res.scores[0]):
-            return Transcript("", lang, duration, dropped_segments=1)
-        return Transcript(text, lang, duration)
 
     def _hallucinated(self, no_speech_prob: float, avg_logprob: float) -> bool:
         """Whisper's own guard: likely silence and not confidently decoded, or very unsure."""
@@ -108,3 +116,8 @@ class FasterWhisperEngine(SttEngine):
             else:
                 kept.append(seg.text.strip())
         return Transcript(" ".join(t for t in kept if t), info.language, len(audio) / STT_RATE, dropped)
+
+
+def _looped(ids: list[int], min_len: int = 3) -> bool:
+    """Does the decoded token sequence end by repeating a phrase of min_len+ tokens?"""
+    return any(ids[-n:] == ids[-2 * n : -n] for n in range(min_len, len(ids) // 2 + 1))

@@ -1,0 +1,119 @@
+"""Shared fixtures. `system` starts the four real services with the launcher on test
+ports (so a running dev system does not interfere) and stops them afterwards."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from tests.chat_tap import ChatTap
+
+ROOT = Path(__file__).resolve().parent.parent
+CORPUS = ROOT.parent / "shared" / "corpus"
+OUTPUT = ROOT / "test-output"
+BASE_PORT = int(os.environ.get("TEST_BASE_PORT", "18000"))
+
+
+@dataclass(frozen=True)
+class Clip:
+    id: str
+    transcript: str
+    audio: np.ndarray  # int16, 16 kHz mono
+
+    @property
+    def path(self) -> Path:
+        return CORPUS / "wav" / f"{self.id}.wav"
+
+
+def load_corpus() -> list[Clip]:
+    with open(CORPUS / "manifest.tsv") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    out = []
+    for r in rows:
+        audio, rate = sf.read(CORPUS / "wav" / f"{r['id']}.wav", dtype="int16")
+        assert rate == 16000
+        out.append(Clip(r["id"], r["transcript"], audio))
+    return out
+
+
+@pytest.fixture(scope="session")
+def corpus() -> list[Clip]:
+    return load_corpus()
+
+
+@dataclass(frozen=True)
+class System:
+    server: str
+    stt: str
+    chat: str
+    tts: str
+    log: Path
+    chat_tap: ChatTap  # what the session server sent to chat
+
+    @property
+    def ws(self) -> str:
+        return self.server.replace("http://", "ws://") + "/ws/"
+
+
+def system_env(base: int, chat_url: str | None = None) -> dict[str, str]:
+    p = {name: base + i for i, name in enumerate(("server", "stt", "chat", "tts"))}
+    return {
+        **os.environ,
+        "SERVER_PORT": str(p["server"]),
+        "STT_PORT": str(p["stt"]),
+        "CHAT_PORT": str(p["chat"]),
+        "TTS_PORT": str(p["tts"]),
+        "SERVER_STT_URL": f"http://127.0.0.1:{p['stt']}",
+        "SERVER_CHAT_URL": chat_url or f"http://127.0.0.1:{p['chat']}",
+        "SERVER_TTS_URL": f"ws://127.0.0.1:{p['tts']}/tts/stream",
+    }
+
+
+def wait_ready(url: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} was ready")
+        try:
+            with urllib.request.urlopen(url + "/ready", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"{url} not ready after {timeout:.0f}s")
+
+
+@pytest.fixture(scope="session")
+def system() -> Iterator[System]:
+    OUTPUT.mkdir(exist_ok=True)
+    log = OUTPUT / "launcher.log"
+    tap = ChatTap(f"http://127.0.0.1:{BASE_PORT + 2}", BASE_PORT + 10).start()
+    env = system_env(BASE_PORT, chat_url=tap.url)
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "launcher.py", "--combined-logs"], cwd=ROOT, env=env,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    urls = {n: f"http://127.0.0.1:{env[f'{n.upper()}_PORT']}" for n in ("server", "stt", "chat", "tts")}
+    try:
+        for url in urls.values():
+            wait_ready(url, 240, proc)
+        yield System(**urls, log=log, chat_tap=tap)
+    finally:
+        tap.stop()
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)

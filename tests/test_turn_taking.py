@@ -1,0 +1,156 @@
+"""Turn-taking end to end with the real models: barge-in, echo, short answers, pauses, noise."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import time
+import uuid
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+import websockets
+
+from shared.audio import resample
+from shared.session_client import stream_pcm
+from shared.wer import normalise, wer
+
+pytestmark = pytest.mark.e2e
+FRAME = 320
+
+
+def by_length(corpus):
+    return sorted(corpus, key=lambda c: len(c.audio))
+
+
+class Live:
+    """A session whose microphone stream the test controls while it listens."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url + uuid.uuid4().hex
+        self.events: list[tuple[float, dict]] = []
+        self.first_audio: dict[int, float] = {}
+
+    async def __aenter__(self) -> Live:
+        self.ws = await websockets.connect(self.url, max_size=2**24)
+        await self.ws.send(json.dumps({"agentId": "assistant", "userId": "t", "agentName": "T"}))
+        self._reader = asyncio.create_task(self._read())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._reader.cancel()
+        await self.ws.close()
+
+    async def _read(self) -> None:
+        async for raw in self.ws:
+            msg = json.loads(raw)
+            now = time.perf_counter()
+            self.events.append((now, msg))
+            if msg["type"] == "tts_stream":
+                self.first_audio.setdefault(msg["data"]["turn_id"], now)
+
+    async def speak(self, pcm: np.ndarray) -> None:
+        t0 = time.perf_counter()
+        for k in range(0, len(pcm), FRAME):
+            await asyncio.sleep(max(0.0, t0 + k / 16000 - time.perf_counter()))
+            await self.ws.send(pcm[k : k + FRAME].astype(np.int16).tobytes())
+
+    async def silence_until(self, cond, timeout: float) -> None:
+        t0 = time.perf_counter()
+        while not cond() and time.perf_counter() - t0 < timeout:
+            await self.speak(np.zeros(FRAME * 5, np.int16))
+
+    def of(self, kind: str) -> list[dict]:
+        return [m for _, m in self.events if m["type"] == kind]
+
+    def ended(self, turn_id: int) -> bool:
+        return any(m.get("turn_id") == turn_id for m in self.of("tts_stream_end"))
+
+
+async def test_barge_in_stops_the_answer_and_keeps_only_what_was_heard(system, corpus):
+    first, second = by_length(corpus)[-8], by_length(corpus)[-6]
+    async with Live(system.ws) as s:
+        await s.speak(np.concatenate([np.zeros(8000, np.int16), first.audio]))
+        await s.silence_until(lambda: 1 in s.first_audio, 15)
+        assert 1 in s.first_audio, "no answer to the first utterance"
+        await s.speak(np.concatenate([np.zeros(4000, np.int16), second.audio]))
+        await s.silence_until(lambda: len(s.of("transcript")) == 2 and s.ended(s.of("transcript")[1]["turn_id"]), 20)
+
+    cut = [(t, m) for t, m in s.events if m["type"] == "interrupted"]
+    assert cut and cut[0][1]["turn_id"] == 1
+    t_cut = cut[0][0]
+    late = [m for t, m in s.events if m["type"] == "tts_stream" and m["data"]["turn_id"] == 1 and t > t_cut]
+    assert late == []  # not one chunk of the old answer after `interrupted`
+    assert len(s.of("transcript")) == 2 and s.ended(s.of("transcript")[1]["turn_id"])
+    print(f"\ninterrupted 1 after {cut[0][1]['played_ms']:.0f} ms of playback; "
+          f"{(t_cut - s.first_audio[1]) * 1000:.0f} ms after its first audio")
+
+    # the chat request of turn 2 carries turn 1's reply cut to what was played
+    reply1 = "".join(m["text"] for m in s.of("response_text") if m["turn_id"] == 1).strip()
+    user2 = s.of("transcript")[1]["text"]
+    request = next(r for r in reversed(system.chat_tap.requests) if r["messages"][-1]["content"] == user2)
+    history = [m for m in request["messages"] if m["role"] == "assistant"]
+    assert len(history) <= 1
+    heard, full = normalise(history[0]["content"] if history else ""), normalise(reply1)
+    assert len(heard) < len(full) and full[: len(heard)] == heard
+
+
+async def test_own_voice_looped_back_does_not_trigger_a_turn(system, corpus):
+    clip = by_length(corpus)[len(corpus) // 2]
+    res = await stream_pcm(system.ws, clip.audio, tail=8.0, loopback=(0.5, 0.06), wait_for_end=2)
+    assert len(res.transcripts) == 1, res.transcripts
+    assert res.of("interrupted") == []
+    assert len(res.of("tts_stream_end")) == 1 and res.audio_seconds() >= 0.5
+
+
+async def test_a_short_yes_is_answered(system):
+    async with httpx.AsyncClient(timeout=30) as http:
+        r = await http.post(f"{system.tts}/tts", json={"text": "Yes."})
+    audio, rate = sf.read(io.BytesIO(r.content), dtype="float32")
+    yes = (resample(audio, rate, 16000) * 32767 * 0.5).astype(np.int16)
+    assert len(yes) < 16000  # well under a second of speech
+    res = await stream_pcm(system.ws, yes)
+    assert [normalise(t) for t in res.transcripts] == [["yes"]]
+    assert res.audio_seconds() >= 0.3
+
+
+def _with_pause(pcm: np.ndarray, pause: float) -> tuple[np.ndarray, float]:
+    """The clip with its quietest gap in the middle third replaced by `pause` seconds of silence."""
+    x = pcm.astype(np.float32) / 32768
+    hop = 160
+    e = 10 * np.log10(np.array([np.mean(x[i : i + hop] ** 2) for i in range(0, len(x) - hop, hop)]) + 1e-12)
+    lo, hi = len(e) // 3, 2 * len(e) // 3
+    mid = lo + int(np.argmin(e[lo:hi]))
+    quiet = e.max() - 35  # the reader's own pause there is taken out first
+    a, b = mid, mid
+    while a > 0 and e[a - 1] < quiet:
+        a -= 1
+    while b < len(e) - 1 and e[b + 1] < quiet:
+        b += 1
+    gap = np.zeros(int(pause * 16000), np.int16)
+    return np.concatenate([pcm[: a * hop], gap, pcm[(b + 1) * hop :]]), a * hop / 16000
+
+
+async def test_long_pause_inside_a_sentence_does_not_split_it(system, corpus):
+    clip = by_length(corpus)[-1]
+    paused, at = _with_pause(clip.audio, 0.7)  # under the 0.9 s silence limit
+    res = await stream_pcm(system.ws, paused)
+    print(f"\n{clip.id} with a 0.7 s pause at {at:.2f}s: {res.transcripts}")
+    assert len(res.transcripts) == 1
+    assert wer([clip.transcript], res.transcripts) <= 0.3
+    assert res.early_audio == 0 and res.of("interrupted") == []
+
+
+async def test_noise_alone_yields_no_turn(system):
+    rng = np.random.default_rng(7)
+    bursts = []
+    for level in (0.05, 0.1, 0.2):  # loud hiss bursts, far above the room floor
+        bursts += [np.zeros(8000), rng.standard_normal(12000) * level]
+    noise = (np.concatenate(bursts) * 32767).clip(-32768, 32767).astype(np.int16)
+    res = await stream_pcm(system.ws, noise, wait_for_end=3)
+    assert res.transcripts == [] and res.audio_seconds() == 0
+    assert "speech_start" in [e.type for e in res.events]  # the detector did fire; STT rejected it
+
