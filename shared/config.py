@@ -108,7 +108,6 @@ class ServerSettings(BaseSettings):
     backchannel_max: float = Field(0.6, description="speech shorter than this during playback does not interrupt")
     history_turns: int = 10
     history_tokens: int = 600
-    max_input_queue_s: float = 10.0
 
 
 @lru_cache
