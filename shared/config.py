@@ -75,6 +75,7 @@ class TtsSettings(BaseSettings):
     engine: Literal["piper", "xtts", "cartesia", "elevenlabs"] = "piper"
     voice: str = Field("", description="Piper .onnx path; empty = bundled en_US-joe-medium")
     chunk_ms: int = Field(80, ge=10, le=1000, description="max audio per streamed chunk")
+    threads: int = Field(2, ge=1, description="ONNX Runtime threads for Piper")
     xtts_model_path: str = ""
     xtts_speaker_wav: str = ""
     cartesia_api_key: SecretStr = SecretStr("")
@@ -104,7 +105,7 @@ class ServerSettings(BaseSettings):
     # turn-taking
     confirm_silence: float = Field(0.35, description="silence after which a complete-looking transcript ends the turn")
     end_of_turn_threshold: float = Field(0.2, description="chat engine's P(sentence finished) needed to end a turn early")
-    echo_threshold: float = Field(0.75, description="loudness-contour correlation with our own playback that marks input as echo (>1: off)")
+    echo_threshold: float = Field(0.85, description="loudness-contour correlation with our own playback that marks input as echo (>1: off)")
     backchannel_max: float = Field(0.6, description="speech shorter than this during playback does not interrupt")
     history_turns: int = 10
     history_tokens: int = 600

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import numpy as np
 
@@ -26,17 +27,32 @@ class PiperEngine(TtsEngine):
         self.default = cfg.voice or bundled_voice_path()
 
     def _voice(self, name: str | None):  # type: ignore[no-untyped-def]
-        from piper import PiperVoice
-
         path = self.default if not name or name == "default" else name
         if path not in self.voices:
             if not path.endswith(".onnx"):
                 raise ServiceError(400, f"unknown voice {name!r}: give a Piper .onnx path or 'default'")
             try:
-                self.voices[path] = PiperVoice.load(path)
+                self.voices[path] = self._load_voice(path)
             except FileNotFoundError as exc:
                 raise ServiceError(400, f"voice file not found: {name}") from exc
         return self.voices[path]
+
+    def _load_voice(self, path: str):  # type: ignore[no-untyped-def]
+        """PiperVoice.load, but with our thread count: ONNX Runtime's default takes every core."""
+        import json
+
+        import onnxruntime
+        from piper import PiperVoice
+        from piper.config import PiperConfig
+        from piper.voice import ESPEAK_DATA_DIR
+
+        with open(f"{path}.json", encoding="utf-8") as f:
+            config = PiperConfig.from_dict(json.load(f))
+        opts = onnxruntime.SessionOptions()
+        opts.intra_op_num_threads = self.cfg.threads
+        opts.inter_op_num_threads = 1
+        session = onnxruntime.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
+        return PiperVoice(config=config, session=session, espeak_data_dir=Path(ESPEAK_DATA_DIR), download_dir=Path.cwd())
 
     async def load(self) -> None:
         voice = await asyncio.to_thread(self._voice, None)
