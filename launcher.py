@@ -14,10 +14,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections import deque
 from dataclasses import dataclass, field
@@ -91,6 +93,9 @@ class Service:
                     print(f"    {line}", flush=True)
                 return False
             status, reason = await asyncio.to_thread(_ready, self.url)
+            if status is None:
+                say(f"{self.name}: FAILED to load: {reason}")
+                return False
             if status:
                 say(f"{self.name}: ready ({time.monotonic() - t0:.1f}s) at {self.url}")
                 return True
@@ -139,11 +144,18 @@ class Service:
             await self.wait_ready()
 
 
-def _ready(url: str) -> tuple[bool, str]:
+def _ready(url: str) -> tuple[bool | None, str]:
+    """(True, _) ready; (False, why) not yet; (None, why) its models failed to load."""
     try:
         with urllib.request.urlopen(url + "/ready", timeout=2) as r:
             return r.status == 200, "ready"
     except urllib.error.HTTPError as e:
+        try:
+            error = json.loads(e.read()).get("error", "")
+        except ValueError:
+            error = ""
+        if e.code == 503 and error and error != "loading":
+            return None, error
         return False, "loading models" if e.code == 503 else f"HTTP {e.code}"
     except OSError:
         return False, "starting"

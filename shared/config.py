@@ -103,10 +103,11 @@ class ServerSettings(BaseSettings):
     max_recording_duration: float = 30.0
     detector: Literal["energy", "silero"] = "energy"
     # turn-taking
-    confirm_silence: float = Field(0.35, description="silence after which a complete-looking transcript ends the turn")
+    confirm_silence: float = Field(0.45, description="silence after which a complete-looking transcript ends the turn")
     end_of_turn_threshold: float = Field(0.2, description="chat engine's P(sentence finished) needed to end a turn early")
     echo_threshold: float = Field(0.85, description="loudness-contour correlation with our own playback that marks input as echo (>1: off)")
     backchannel_max: float = Field(0.6, description="speech shorter than this during playback does not interrupt")
+    first_chunk_max_words: int = Field(5, ge=1, description="speak the first words after this many if no clause boundary came")
     history_turns: int = 10
     history_tokens: int = 600
 

@@ -92,6 +92,7 @@ class Session:
             on_audio_sent=self._on_audio_sent,
             binary_audio=init.audioOut == "binary",
             voice=init.voice or agent.voice,
+            first_chunk_max_words=self.cfg.first_chunk_max_words,
         )
         self.pending: Turn | None = None  # speculative, output held
         self.active: Turn | None = None  # confirmed, output streaming

@@ -57,6 +57,7 @@ class TurnDeps:
     binary_audio: bool
     voice: str | None
     max_tokens: int = 60
+    first_chunk_max_words: int = 5
 
 
 @dataclass
@@ -162,7 +163,7 @@ class Turn:
                     await tts.close()
 
     async def _reply(self, tts: TtsStream, messages: list[dict[str, str]]) -> None:
-        chunker = TextChunker()
+        chunker = TextChunker(first_max_words=self.deps.first_chunk_max_words)
         spoken = asyncio.Event()
         chat_done = False
         player = asyncio.create_task(self._play(tts, spoken, lambda: chat_done))

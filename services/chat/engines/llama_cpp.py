@@ -60,29 +60,52 @@ class LlamaCppEngine(ChatEngine):
                 ids.add(toks[0])
         return sorted(ids)
 
-    def _end_of_turn(self, prompt: str) -> float:
+    def _end_of_turn(self, open_prompt: str, reply_prompt: str) -> float:
+        """P(the user's sentence ends here), read while prefilling the reply prompt.
+
+        One decode evaluates the new part of the reply prompt into the KV cache with
+        logits at two positions: right after the user's words (-> end-of-turn
+        probability) and at the end (-> the reply's first token, which generate()
+        then samples without decoding again, as the prompt is fully cached).
+        """
         import numpy as np
 
         assert self.llm is not None
         llm = self.llm
-        tokens = llm.tokenize(prompt.encode())
+        full = llm.tokenize(reply_prompt.encode())
+        opened = llm.tokenize(open_prompt.encode())
+        at = len(opened) - 1  # last token of the user's words
         with self._lock:
-            # reuse the KV cache of the longest common prefix, as generate() does
             n = 0
-            limit = min(llm.n_tokens, len(tokens) - 1)
-            while n < limit and llm.input_ids[n] == tokens[n]:
+            while n < min(llm.n_tokens, at) and llm.input_ids[n] == opened[n]:
                 n += 1
-            llm.n_tokens = n
-            llm.eval(tokens[n:])
-            logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),))
-            top = logits.max()
-            probs = np.exp(logits - top)
-            return float(probs[self._enders].sum() / probs.sum())
+            new = full[n:]
+            if full[: at + 1] != opened or len(new) > llm.n_batch or len(full) >= llm.n_ctx():
+                # tokens merge across the boundary, or a very long turn: a plain decode of the open prompt
+                llm.n_tokens = n
+                llm.eval(opened[n:])
+                logits = np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(llm.n_vocab(),))
+                return self._p_end(logits)
+            llm._ctx.kv_cache_seq_rm(-1, n, -1)
+            llm._batch.set_batch(batch=new, n_past=n, logits_all=False)
+            llm._batch.batch.logits[at - n] = True
+            llm._ctx.decode(llm._batch)
+            llm.input_ids[n : len(full)] = new
+            llm.n_tokens = len(full)
+            llm._requires_eval = False
+            logits = np.ctypeslib.as_array(llm._ctx.get_logits_ith(at - n), shape=(llm.n_vocab(),))
+            return self._p_end(logits)
+
+    def _p_end(self, logits) -> float:  # type: ignore[no-untyped-def]
+        import numpy as np
+
+        probs = np.exp(logits - logits.max())
+        return float(probs[self._enders].sum() / probs.sum())
 
     async def end_of_turn(self, messages: list[ChatMessage]) -> float | None:
         if not messages or messages[-1].role != "user":
             return None
-        return await asyncio.to_thread(self._end_of_turn, build_prompt(messages, open_user=True))
+        return await asyncio.to_thread(self._end_of_turn, build_prompt(messages, open_user=True), build_prompt(messages))
 
     def _generate(self, prompt: str, opts: GenerationOptions) -> Iterator[str]:
         assert self.llm is not None
