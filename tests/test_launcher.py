@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -23,8 +24,15 @@ def launch(*args: str, **env: str) -> subprocess.Popen:
 
 
 def pid_on(port: int) -> int:
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return next(int(line.split()[0]) for line in out.splitlines() if f"--port {port} " in line and "uvicorn" in line)
+    """The uvicorn process serving `port` (StopIteration if none)."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"uvicorn" in args and str(port).encode() in args:
+            return int(pid)
+    raise StopIteration
 
 
 def test_subset_restart_and_clean_stop():
