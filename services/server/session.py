@@ -275,7 +275,11 @@ class Session:
             self._finish(turn)
 
     async def _run(self, turn: Turn) -> None:
-        await turn.run(self._messages)
+        try:
+            await turn.run(self._messages)
+        except Exception:  # a bug must not leave the session "speaking" forever
+            log.exception("session %s: turn %d crashed", self.id, turn.id)
+            await self.error("internal", "this turn failed; please say it again")
         if self.active is turn:
             self._finish(turn)
 

@@ -83,7 +83,6 @@ class Turn:
         self.judged = asyncio.Event()  # transcript and end-of-turn estimate known (or unavailable)
         self.finished = False
         self.interrupted = False
-        self.failed = False
         self._pending: list[tuple[Payload, np.ndarray | None]] = []  # held until confirmed: (payload, its audio)
         self._ended = 0  # TTS pieces fully received
         self._lock = asyncio.Lock()
@@ -139,7 +138,11 @@ class Turn:
             if not usable_transcript(self.transcript):
                 return
             await self.emit(TranscriptOut(turn_id=self.id, text=self.transcript).dump())
-            tts = await connect
+            try:
+                tts = await connect
+            except UpstreamError as exc:  # no voice, but the user still gets the text
+                log.warning("turn %d: %s; answering in text only", self.id, exc)
+                await self.emit(ErrorOut(code="tts_failed", message=f"{exc}; answering in text only", recoverable=True).dump())
             await self._reply(tts, messages(self.transcript))
             await self.emit(TtsStreamEnd(turn_id=self.id).dump())
             self.mark("done")
@@ -149,7 +152,6 @@ class Turn:
                     await self._send(self.metrics(), None)
             log.info("turn %d: %s -> %s | %s", self.id, user_text(self.transcript), user_text(self.reply), _fmt(self.marks))
         except UpstreamError as exc:
-            self.failed = True
             log.warning("turn %d failed: %s", self.id, exc)
             await self.emit(ErrorOut(code=f"{exc.service}_failed", message=str(exc), recoverable=True).dump())
             await self.emit(TtsStreamEnd(turn_id=self.id).dump())
@@ -162,25 +164,30 @@ class Turn:
                 with contextlib.suppress(Exception):
                     await tts.close()
 
-    async def _reply(self, tts: TtsStream, messages: list[dict[str, str]]) -> None:
+    async def _reply(self, tts: TtsStream | None, messages: list[dict[str, str]]) -> None:
         chunker = TextChunker(first_max_words=self.deps.first_chunk_max_words)
         spoken = asyncio.Event()
         chat_done = False
-        player = asyncio.create_task(self._play(tts, spoken, lambda: chat_done))
+        player = asyncio.create_task(self._play(tts, spoken, lambda: chat_done) if tts else asyncio.sleep(0))
         try:
             async for delta in self.deps.chat.stream(messages, self._on_end_of_turn, max_tokens=self.deps.max_tokens):
                 self.mark("first_token")
                 self.judged.set()  # engines that cannot estimate the end of turn send none
                 self.reply += delta
                 await self.emit(ResponseText(turn_id=self.id, text=delta).dump())
-                for piece in chunker.push(delta):
+                pieces = chunker.push(delta)
+                if tts:
+                    for piece in pieces:
+                        await self._speak(tts, piece)
+            if tts:
+                for piece in chunker.flush():
                     await self._speak(tts, piece)
-            for piece in chunker.flush():
-                await self._speak(tts, piece)
             chat_done = True
             if self._ended >= len(self.pieces):
                 spoken.set()
             await spoken.wait()
+            if player.done() and not player.cancelled() and player.exception() is not None:
+                raise player.exception()  # type: ignore[misc]  # the TTS connection broke
         finally:
             player.cancel()
             with contextlib.suppress(asyncio.CancelledError, UpstreamError):
@@ -197,6 +204,12 @@ class Turn:
         await tts.speak(text, self.deps.voice, str(len(self.pieces) - 1))
 
     async def _play(self, tts: TtsStream, spoken: asyncio.Event, chat_done: Callable[[], bool]) -> None:
+        try:
+            await self._play_events(tts, spoken, chat_done)
+        finally:
+            spoken.set()  # also when the TTS connection breaks: the turn must not wait forever
+
+    async def _play_events(self, tts: TtsStream, spoken: asyncio.Event, chat_done: Callable[[], bool]) -> None:
         async for ev in tts.events():
             if isinstance(ev, np.ndarray):
                 self.mark("first_tts_audio")
