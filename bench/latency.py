@@ -21,9 +21,7 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import time
 import uuid
@@ -39,7 +37,7 @@ from shared.audio import float_to_pcm16  # noqa: E402
 from shared.config import ServerSettings  # noqa: E402
 from shared.session_client import last_voiced_sample, stream_pcm  # noqa: E402
 from shared.wer import wer  # noqa: E402
-from tests.conftest import load_corpus, system_env, wait_ready  # noqa: E402
+from tests.conftest import load_corpus, start_system, stop_system, system_env, wait_ready  # noqa: E402
 
 STAGES = ["created", "stt", "first_token", "first_chunk", "confirmed", "first_tts_audio", "first_audio_sent"]
 LABELS = {
@@ -161,18 +159,15 @@ def main() -> None:
     urls = {n: f"http://127.0.0.1:{env[f'{n.upper()}_PORT']}" for n in ("server", "stt", "chat", "tts")}
     proc = None
     if not args.no_start:
-        (ROOT / "bench" / "results").mkdir(parents=True, exist_ok=True)
-        log = open(ROOT / "bench" / "results" / "launcher.log", "w")  # noqa: SIM115
-        proc = subprocess.Popen([sys.executable, "launcher.py", "--combined-logs"], cwd=ROOT, env=env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    try:
+        proc, urls = start_system(env, ROOT / "bench" / "results" / "launcher.log", 300)
+    else:
         for u in urls.values():
-            wait_ready(u, 300, proc)
+            wait_ready(u, 10)
+    try:
         out = asyncio.run(run(args, urls))
     finally:
         if proc is not None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(30)
+            stop_system(proc)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=1))
     print(f"wrote {args.json}")

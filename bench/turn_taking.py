@@ -18,10 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import signal
 import statistics
-import subprocess
 import sys
 import time
 import uuid
@@ -34,32 +31,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from shared.session_client import stream_pcm  # noqa: E402
-from tests.conftest import load_corpus, system_env, wait_ready  # noqa: E402
+from tests.conftest import load_corpus, start_system, stop_system, system_env, with_pause  # noqa: E402
 
 PAUSES = (0.3, 0.5, 0.7, 0.85)
 CONFIGS = {"default": {}, "silence only": {"SERVER_CONFIRM_SILENCE": "0.9"}}
-
-
-def with_pause(pcm: np.ndarray, pause: float) -> np.ndarray:
-    """Replace the quietest gap in the middle third with `pause` s of silence."""
-    x = pcm.astype(np.float32) / 32768
-    hop = 160
-    e = 10 * np.log10(np.array([np.mean(x[i : i + hop] ** 2) for i in range(0, len(x) - hop, hop)]) + 1e-12)
-    lo, hi = len(e) // 3, 2 * len(e) // 3
-    mid = lo + int(np.argmin(e[lo:hi]))
-    a = b = mid
-    while a > 0 and e[a - 1] < e.max() - 35:
-        a -= 1
-    while b < len(e) - 1 and e[b + 1] < e.max() - 35:
-        b += 1
-    return np.concatenate([pcm[: a * hop], np.zeros(int(pause * 16000), np.int16), pcm[(b + 1) * hop :]])
 
 
 async def pauses(ws: str, clips) -> list[dict]:
     rows = []
     for clip in clips:
         for p in PAUSES:
-            res = await stream_pcm(ws + uuid.uuid4().hex, with_pause(clip.audio, p))
+            res = await stream_pcm(ws + uuid.uuid4().hex, with_pause(clip.audio, p)[0])
             rows.append({"clip": clip.id, "pause": p, "early": res.early_audio > 0, "turns": len(res.transcripts),
                          "latency_ms": None if res.latency is None else res.latency * 1000})
             print(f"  {clip.id:26s} pause {p:.2f}s  turns {rows[-1]['turns']}  early {rows[-1]['early']!s:5s}  "
@@ -103,23 +85,6 @@ async def barge_in(ws: str, first: np.ndarray, second: np.ndarray) -> dict | Non
             "old_audio_after_interrupted": sum(1 for t, m in events if m["type"] == "tts_stream" and m["data"]["turn_id"] == old and t > cut[0][0])}
 
 
-def start(env_extra: dict[str, str]) -> tuple[subprocess.Popen, dict[str, str]]:
-    env = {**system_env(8100), **env_extra}
-    urls = {n: f"http://127.0.0.1:{env[f'{n.upper()}_PORT']}" for n in ("server", "stt", "chat", "tts")}
-    (ROOT / "bench" / "results").mkdir(parents=True, exist_ok=True)
-    log = open(ROOT / "bench" / "results" / "turn_taking_launcher.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "launcher.py", "--combined-logs"], cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    for u in urls.values():
-        wait_ready(u, 300, proc)
-    return proc, urls
-
-
-def stop(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(30)
-
-
 def summary(rows: list[dict]) -> list[str]:
     out = [f"{'pause':>6s} {'early':>7s} {'one turn':>9s} {'p50 ms':>7s}"]
     for p in PAUSES:
@@ -140,7 +105,7 @@ def main() -> None:
     out: dict = {}
     for name, env in CONFIGS.items():
         print(f"configuration: {name} {env}", flush=True)
-        proc, urls = start(env)
+        proc, urls = start_system({**system_env(8100), **env}, ROOT / "bench" / "results" / "turn_taking_launcher.log", 300)
         ws = urls["server"].replace("http://", "ws://") + "/ws/"
         try:
             out[name] = {"pauses": asyncio.run(pauses(ws, clips))}
@@ -148,7 +113,7 @@ def main() -> None:
                 pairs = [(corpus[i], corpus[i + 1]) for i in range(0, min(len(corpus) - 1, 12), 2)]
                 out[name]["barge_in"] = [b for a, c in pairs if (b := asyncio.run(barge_in(ws, a.audio, c.audio)))]
         finally:
-            stop(proc)
+            stop_system(proc)
     for name in CONFIGS:
         print(f"\n{name}: replies started before the speaker finished, by inner pause")
         print("\n".join(summary(out[name]["pauses"])))

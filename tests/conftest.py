@@ -96,24 +96,55 @@ def wait_ready(url: str, timeout: float, proc: subprocess.Popen | None = None) -
     raise TimeoutError(f"{url} not ready after {timeout:.0f}s")
 
 
-@pytest.fixture(scope="session")
-def system() -> Iterator[System]:
-    OUTPUT.mkdir(exist_ok=True)
-    log = OUTPUT / "launcher.log"
-    tap = ChatTap(f"http://127.0.0.1:{BASE_PORT + 2}", BASE_PORT + 10).start()
-    env = system_env(BASE_PORT, chat_url=tap.url)
+def start_system(env: dict[str, str], log: Path, timeout: float = 240) -> tuple[subprocess.Popen, dict[str, str]]:
+    """Run launcher.py with `env` (see system_env) until all four services are ready."""
+    log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "launcher.py", "--combined-logs"], cwd=ROOT, env=env,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     urls = {n: f"http://127.0.0.1:{env[f'{n.upper()}_PORT']}" for n in ("server", "stt", "chat", "tts")}
     try:
         for url in urls.values():
-            wait_ready(url, 240, proc)
+            wait_ready(url, timeout, proc)
+    except BaseException:
+        stop_system(proc)
+        raise
+    return proc, urls
+
+
+def stop_system(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def with_pause(pcm: np.ndarray, pause: float) -> tuple[np.ndarray, float]:
+    """The clip with its quietest gap in the middle third (a pause between words, whatever
+    the reader left there) replaced by exactly `pause` seconds of silence; and where."""
+    x = pcm.astype(np.float32) / 32768
+    hop = 160
+    e = 10 * np.log10(np.array([np.mean(x[i : i + hop] ** 2) for i in range(0, len(x) - hop, hop)]) + 1e-12)
+    lo, hi = len(e) // 3, 2 * len(e) // 3
+    mid = lo + int(np.argmin(e[lo:hi]))
+    quiet = e.max() - 35
+    a, b = mid, mid
+    while a > 0 and e[a - 1] < quiet:
+        a -= 1
+    while b < len(e) - 1 and e[b + 1] < quiet:
+        b += 1
+    gap = np.zeros(int(pause * 16000), np.int16)
+    return np.concatenate([pcm[: a * hop], gap, pcm[(b + 1) * hop :]]), a * hop / 16000
+
+
+@pytest.fixture(scope="session")
+def system() -> Iterator[System]:
+    tap = ChatTap(f"http://127.0.0.1:{BASE_PORT + 2}", BASE_PORT + 10).start()
+    log = OUTPUT / "launcher.log"
+    proc, urls = start_system(system_env(BASE_PORT, chat_url=tap.url), log)
+    try:
         yield System(**urls, log=log, chat_tap=tap)
     finally:
         tap.stop()
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_system(proc)

@@ -17,6 +17,7 @@ import websockets
 from shared.audio import resample
 from shared.session_client import stream_pcm
 from shared.wer import normalise, wer
+from tests.conftest import with_pause
 
 pytestmark = pytest.mark.e2e
 FRAME = 320
@@ -117,26 +118,9 @@ async def test_a_short_yes_is_answered(system):
     assert res.audio_seconds() >= 0.3
 
 
-def _with_pause(pcm: np.ndarray, pause: float) -> tuple[np.ndarray, float]:
-    """The clip with its quietest gap in the middle third replaced by `pause` seconds of silence."""
-    x = pcm.astype(np.float32) / 32768
-    hop = 160
-    e = 10 * np.log10(np.array([np.mean(x[i : i + hop] ** 2) for i in range(0, len(x) - hop, hop)]) + 1e-12)
-    lo, hi = len(e) // 3, 2 * len(e) // 3
-    mid = lo + int(np.argmin(e[lo:hi]))
-    quiet = e.max() - 35  # the reader's own pause there is taken out first
-    a, b = mid, mid
-    while a > 0 and e[a - 1] < quiet:
-        a -= 1
-    while b < len(e) - 1 and e[b + 1] < quiet:
-        b += 1
-    gap = np.zeros(int(pause * 16000), np.int16)
-    return np.concatenate([pcm[: a * hop], gap, pcm[(b + 1) * hop :]]), a * hop / 16000
-
-
 async def test_long_pause_inside_a_sentence_does_not_split_it(system, corpus):
     clip = by_length(corpus)[-1]
-    paused, at = _with_pause(clip.audio, 0.7)  # under the 0.9 s silence limit
+    paused, at = with_pause(clip.audio, 0.7)  # under the 0.9 s silence limit
     res = await stream_pcm(system.ws, paused)
     print(f"\n{clip.id} with a 0.7 s pause at {at:.2f}s: {res.transcripts}")
     assert len(res.transcripts) == 1

@@ -2,8 +2,9 @@
 
 A base model continues text, so the prompt shows it what a good spoken reply looks
 like: a transcript where each answer is one or two plain sentences that open with
-a short clause ("Oh, ...", "Sure, ..."). The short opening lets speech start after
-a couple of tokens. Generation stops at the end of the line.
+a one-word interjection, the way people start speaking ("Oh, ...", "Sure, ...").
+That opening is a clause of its own, so speech can start after two tokens while
+the rest is still being written. Generation stops at the end of the line.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ _EXAMPLES = [
     ("What is a good way to relax after work?", "Well, a short walk or some quiet music helps most people unwind."),
     ("Can you tell me the capital of France?", "Sure, the capital of France is Paris."),
     ("I have been reading an old book about printing.", "Oh, that sounds fascinating. Old books say a lot about how people used to work."),
-    ("The weather was terrible this morning.", "Oh no, I'm sorry to hear that. I hope it clears up for the rest of your day."),
-    ("He said he would come back tomorrow.", "I see, so you will see him again tomorrow. That's good news."),
+    ("The weather was terrible this morning.", "Ah, I'm sorry to hear that. I hope it clears up for the rest of your day."),
+    ("He said he would come back tomorrow.", "Okay, so you will see him again tomorrow. That's good news."),
+    ("In the winter of nineteen twenty.", "Hmm, that was a long time ago. What happened then?"),
 ]
 
 HEADER = "The following is a transcript of phone calls with a helpful voice assistant.\n\n"
