@@ -33,6 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from services.server.agents import AgentBook  # noqa: E402
 from shared.audio import float_to_pcm16  # noqa: E402
 from shared.config import ServerSettings  # noqa: E402
 from shared.session_client import last_voiced_sample, stream_pcm  # noqa: E402
@@ -73,7 +74,7 @@ def rss_mb() -> dict[str, float]:
     return out
 
 
-async def naive_turn(urls: dict[str, str], pcm: np.ndarray, http: httpx.AsyncClient, silence_wait: float) -> dict[str, float]:
+async def naive_turn(urls: dict[str, str], pcm: np.ndarray, http: httpx.AsyncClient, silence_wait: float, system: str) -> dict[str, float]:
     """Sequential baseline, timed from the end of speech: silence wait, STT, full reply, full TTS."""
     t0 = time.perf_counter()
     await asyncio.sleep(silence_wait)  # a fixed-silence endpointer has to wait this long
@@ -81,7 +82,8 @@ async def naive_turn(urls: dict[str, str], pcm: np.ndarray, http: httpx.AsyncCli
     r = await http.post(f"{urls['stt']}/transcribe", files={"audio_file": ("u.pcm", float_to_pcm16(utterance.astype(np.float32) / 32768).tobytes())})
     text = r.json()["text"]
     t_stt = time.perf_counter()
-    r = await http.post(f"{urls['chat']}/v1/chat/completions", json={"messages": [{"role": "user", "content": text}]})
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": text}]  # as a session would
+    r = await http.post(f"{urls['chat']}/v1/chat/completions", json={"messages": messages})
     reply = r.json()["choices"][0]["message"]["content"] or "Okay."
     t_chat = time.perf_counter()
     r = await http.post(f"{urls['tts']}/tts", json={"text": reply})
@@ -104,6 +106,7 @@ async def run(args: argparse.Namespace, urls: dict[str, str]) -> dict:
     clips = load_corpus()[: args.limit]
     ws = urls["server"].replace("http://", "ws://") + "/ws/"
     turns, naive, early, refs, hyps = [], [], 0, [], []
+    agent = AgentBook.load(ServerSettings().agents_file).get("assistant")
     async with httpx.AsyncClient(timeout=60) as http:
         for clip in clips:
             res = await stream_pcm(ws + uuid.uuid4().hex, clip.audio)
@@ -118,7 +121,7 @@ async def run(args: argparse.Namespace, urls: dict[str, str]) -> dict:
             print(f"{clip.id:28s} client {row.get('client', float('nan')):6.0f} ms  early={res.early_audio > 0}  "
                   f"audio {res.audio_seconds():.1f}s  {' '.join(f'{k}={row[k]:.0f}' for k in STAGES if k in row)}", flush=True)
             if not args.no_baseline:
-                naive.append(await naive_turn(urls, clip.audio, http, ServerSettings().max_silence_duration))
+                naive.append(await naive_turn(urls, clip.audio, http, ServerSettings().max_silence_duration, agent.systemPrompt))
     lat = [t["client"] for t in turns if "client" in t]
     out = {
         "clips": len(clips),
