@@ -99,7 +99,7 @@ def decode_audio(data: bytes, target_rate: int = STT_RATE) -> np.ndarray:
             rs = av.AudioResampler(format="flt", layout="mono", rate=target_rate)
             parts = [
                 f.to_ndarray().reshape(-1)
-                for frame in container.decode(audio=0)
+                for frame in container.decode(audio=0)  # type: ignore[union-attr]
                 for f in rs.resample(frame)
             ]
             parts += [f.to_ndarray().reshape(-1) for f in rs.resample(None)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 from services.chat.engines.base import ChatEngine, ChatMessage, GenerationOptions
 from shared.config import ChatSettings, GroqSettings
@@ -15,7 +16,7 @@ class GroqEngine(ChatEngine):
     def __init__(self, cfg: ChatSettings) -> None:
         self.cfg = cfg
         self.key = GroqSettings().groq_api_key.get_secret_value()
-        self.client = None
+        self.client: Any = None  # groq.AsyncGroq, imported lazily
 
     @property
     def available(self) -> bool:
@@ -36,7 +37,7 @@ class GroqEngine(ChatEngine):
         import groq
 
         try:
-            resp = await self.client.chat.completions.create(  # type: ignore[union-attr]
+            resp = await self.client.chat.completions.create(
                 model=self.cfg.groq_model,
                 messages=[m.model_dump() for m in messages],  # type: ignore[misc]
                 max_tokens=opts.max_tokens,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 from services.chat.engines.base import ChatEngine, ChatMessage, GenerationOptions
 from services.chat.prompt import STOP, build_prompt
@@ -27,7 +28,7 @@ class LlamaCppEngine(ChatEngine):
 
     def __init__(self, cfg: ChatSettings) -> None:
         self.cfg = cfg
-        self.llm = None
+        self.llm: Any = None  # llama_cpp.Llama, imported lazily
         # llama.cpp contexts are not thread-safe: one generation at a time.
         self._lock = threading.Lock()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 from services.chat.engines.base import ChatEngine, ChatMessage, GenerationOptions
 from shared.config import ChatSettings
@@ -16,8 +17,8 @@ class VllmEngine(ChatEngine):
 
     def __init__(self, cfg: ChatSettings) -> None:
         self.cfg = cfg
-        self.engine = None
-        self.tokenizer = None
+        self.engine: Any = None  # vllm.AsyncLLMEngine, imported lazily
+        self.tokenizer: Any = None
 
     async def load(self) -> None:
         try:

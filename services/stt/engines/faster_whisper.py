@@ -9,6 +9,8 @@ stay stable (with no padding it loops on the last phrase), and cap the decoded l
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from services.stt.engines.base import SttEngine, Transcript
@@ -28,7 +30,7 @@ def bundled_model_path() -> str:
 class FasterWhisperEngine(SttEngine):
     def __init__(self, cfg: SttSettings) -> None:
         self.cfg = cfg
-        self.model = None
+        self.model: Any = None  # faster_whisper.WhisperModel, imported lazily
 
     def load(self) -> None:
         from faster_whisper import WhisperModel
@@ -42,7 +44,7 @@ class FasterWhisperEngine(SttEngine):
             local_files_only=True,
         )
         multilingual = self.model.model.is_multilingual
-        self._tokenizers = {}
+        self._tokenizers: dict[str, Any] = {}
         self._make_tokenizer = lambda lang: Tokenizer(
             self.model.hf_tokenizer, multilingual, task="transcribe", language=lang if multilingual else "en"
         )
