@@ -63,7 +63,7 @@ class Service:
                "--no-access-log", "--log-level", "warning", "--ws-max-size", str(2**24)]
         self.proc = await asyncio.create_subprocess_exec(
             *cmd, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True, limit=2**20,
         )
         asyncio.create_task(self._pump(self.proc))
         say(f"{self.name}: started (pid {self.proc.pid}) on {host}:{port}")
@@ -72,7 +72,7 @@ class Service:
         assert proc.stdout is not None
         log = None if self.combined else open(ROOT / "logs" / f"{self.name}.log", "a", buffering=1)  # noqa: SIM115, ASYNC230 - line-buffered local file
         try:
-            async for raw in proc.stdout:
+            while raw := await _readline(proc.stdout):
                 line = raw.decode(errors="replace").rstrip()
                 self.tail.append(line)
                 if log:
@@ -142,6 +142,14 @@ class Service:
                 return
             await self.start()
             await self.wait_ready()
+
+
+async def _readline(stream: asyncio.StreamReader) -> bytes:
+    """A line, or a 1 MiB piece of an endless one: the pipe must keep draining or the service blocks."""
+    try:
+        return await stream.readline()
+    except ValueError:
+        return await stream.read(2**20)
 
 
 def _ready(url: str) -> tuple[bool | None, str]:

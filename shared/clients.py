@@ -6,6 +6,7 @@ Errors are translated here, at the boundary, into `UpstreamError` with a
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -88,13 +89,18 @@ class TtsStream:
         except websockets.WebSocketException as exc:
             raise UpstreamError("tts", "connection lost") from exc
 
-    async def events(self) -> AsyncIterator[np.ndarray | dict[str, Any]]:
+    async def events(self, idle_timeout: float = 20.0) -> AsyncIterator[np.ndarray | dict[str, Any]]:
         """Audio frames (24 kHz float32) and control messages ({"type":"end"|"error",...})."""
-        try:
-            async for msg in self.ws:
-                yield f32le_to_float(msg) if isinstance(msg, bytes) else json.loads(msg)
-        except websockets.WebSocketException as exc:
-            raise UpstreamError("tts", "connection lost") from exc
+        while True:
+            try:
+                msg = await asyncio.wait_for(self.ws.recv(), idle_timeout)
+            except websockets.ConnectionClosedOK:
+                return
+            except TimeoutError as exc:
+                raise UpstreamError("tts", f"no answer for {idle_timeout:.0f}s") from exc
+            except websockets.WebSocketException as exc:
+                raise UpstreamError("tts", "connection lost") from exc
+            yield f32le_to_float(msg) if isinstance(msg, bytes) else json.loads(msg)
 
     async def close(self) -> None:
         await self.ws.close()

@@ -163,11 +163,6 @@ class AudioSpeechDetector:
         """Seconds of silence since the last voiced hop of the open utterance."""
         return self._silence / STT_RATE if self.in_speech else 0.0
 
-    @property
-    def speech_length(self) -> float:
-        """Seconds of audio in the open utterance so far."""
-        return self._utt_samples / STT_RATE if self.in_speech else 0.0
-
     def push(self, pcm: np.ndarray) -> list[SpeechEvent]:
         """Feed float32 16 kHz audio of any length; returns the events it completed."""
         buf = np.concatenate([self._pending, pcm.astype(np.float32, copy=False)])

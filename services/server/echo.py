@@ -57,10 +57,16 @@ class EchoGuard:
         self._inp.extend(_envelope(buf[: k * n], STT_RATE).tolist())
         self._tail = buf[k * n :]
         self._inp_end = now - len(self._tail) / STT_RATE
+        horizon = now - self.window - self.max_delay - 1.0  # older reference cannot match any more
+        while self._ref and self._ref[0][0] + len(self._ref[0][1]) * _FRAME < horizon:
+            self._ref.popleft()
 
     def _reference(self, times: np.ndarray) -> np.ndarray:
         out = np.full(len(times), _FLOOR_DB, np.float32)
+        lo, hi = times[0], times[-1]
         for start, env in self._ref:
+            if start > hi or start + len(env) * _FRAME < lo:
+                continue  # does not overlap the window: skip the work
             idx = np.floor((times - start) / _FRAME).astype(int)
             ok = (idx >= 0) & (idx < len(env))
             out[ok] = env[idx[ok]]

@@ -105,7 +105,6 @@ class Session:
         self._barge_onset = 0.0
         self._barge_merge = False  # the barge-in continues an utterance we answered early
         self._closed = False
-        self._watchers: set[asyncio.Task[None]] = set()
         self._early: Turn | None = None
 
     # ------------------------------------------------------------------ outbox
@@ -187,8 +186,8 @@ class Session:
         early, self._early = self._early, None
         if early is not None and self.speaking():
             await self.interrupt(merged=True)
-        elif early is not None and self.last_turn is early and len(self.history):
-            self.history.drop_last()
+        elif early is not None:
+            self._forget(early)
 
     async def _check_progress(self) -> None:
         """Time-based decisions that are not detector events."""
@@ -254,21 +253,13 @@ class Session:
         self.pending = turn
         if confirmed:
             await self._promote(turn)
-        else:
-            watcher = asyncio.create_task(self._confirm_when_complete(turn))
-            self._watchers.add(watcher)
-            watcher.add_done_callback(self._watchers.discard)
-
-    async def _confirm_when_complete(self, turn: Turn) -> None:
-        await turn.judged.wait()
-        if self.pending is turn:
-            await self._check_progress()
+        # else: _check_progress, run on every audio frame, confirms it when the user stays silent
 
     async def _promote(self, turn: Turn) -> None:
         """The user finished: the pending turn becomes the active one and releases its output."""
+        self.pending = None
         if self.active is not None and self.active is not turn:
             await self.interrupt()
-        self.pending = None
         self.active = turn
         await turn.confirm()
         if turn.task is not None and turn.task.done():
@@ -285,10 +276,24 @@ class Session:
 
     def _finish(self, turn: Turn) -> None:
         if turn.transcript and turn.finished:
-            self.history.add(turn.transcript, turn.reply.strip())
+            self._remember(turn, turn.reply.strip())
         if self.active is turn:
             self.active = None
         self.last_turn = turn
+
+    def _remember(self, turn: Turn, reply: str) -> None:
+        assert turn.transcript is not None
+        self.history.add(turn.transcript, reply)
+        turn.in_history = True
+
+    def _forget(self, turn: Turn, heard: str | None = None) -> None:
+        """After an interruption: the turn's reply becomes what was heard, or (None) the turn goes."""
+        if turn.in_history and self.last_turn is turn and len(self.history):
+            if heard is None:
+                self.history.drop_last()
+                turn.in_history = False
+            else:
+                self.history.replace_last_reply(heard)
 
     async def _cancel(self, turn: Turn) -> None:
         if turn.task is not None and not turn.task.done():
@@ -304,28 +309,29 @@ class Session:
         turn = self.active or (self.last_turn if time.perf_counter() < self._play_until else None)
         if turn is None or turn.interrupted:
             return
-        turn.interrupted = True
-        await self._cancel(turn)
+        turn.interrupted = True  # from here on the turn sends nothing more
         unplayed = max(0.0, self._play_until - time.perf_counter())
         sent_ms = turn.sent_samples / OUT_RATE * 1000
         played_ms = turn.played_ms if turn.played_ms is not None else max(0.0, sent_ms - unplayed * 1000)
         self._play_until = 0.0
-        heard = turn.spoken_text(int(played_ms / 1000 * OUT_RATE))
-        if merged:
-            if self.last_turn is turn and self.active is not turn and len(self.history):
-                self.history.drop_last()
-        elif turn.transcript and self.active is turn:
-            self.history.add(turn.transcript, heard)
-        elif turn.transcript and self.last_turn is turn and len(self.history):
-            self.history.replace_last_reply(heard)
-        self.active = None
-        self.last_turn = turn
         await self.send(Interrupted(turn_id=turn.id, played_ms=round(played_ms, 1)).dump())
         await self.send(turn.metrics())  # the timings of a cut turn are worth as much as any
+        await self._cancel(turn)
+        heard = turn.spoken_text(int(played_ms / 1000 * OUT_RATE))
+        if merged:
+            self._forget(turn)
+        elif turn.transcript and self.active is turn:
+            self._remember(turn, heard)
+        else:
+            self._forget(turn, heard)
+        if self.active is turn:
+            self.active = None
+        self.last_turn = turn
         log.info("session %s: turn %d interrupted after %.0f ms of audio", self.id, turn.id, played_ms)
 
     async def close(self) -> None:
         self._closed = True
-        for t in (self.pending, self.active):
+        turns, self.pending, self.active = (self.pending, self.active), None, None
+        for t in turns:
             if t is not None:
                 await self._cancel(t)

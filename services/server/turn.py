@@ -83,6 +83,7 @@ class Turn:
         self.judged = asyncio.Event()  # transcript and end-of-turn estimate known (or unavailable)
         self.finished = False
         self.interrupted = False
+        self.in_history = False  # the session remembered this turn
         self._pending: list[tuple[Payload, np.ndarray | None]] = []  # held until confirmed: (payload, its audio)
         self._ended = 0  # TTS pieces fully received
         self._lock = asyncio.Lock()
@@ -103,8 +104,10 @@ class Turn:
                 self._pending.append((payload, audio))
 
     async def _send(self, payload: Payload, audio: np.ndarray | None) -> None:
+        if self.interrupted:
+            return  # `interrupted` went out: nothing of this turn may follow it
         await self.deps.send(payload)
-        if audio is not None:
+        if audio is not None and not self.interrupted:
             self.mark("first_audio_sent")
             self.sent_samples += len(audio)
             self.deps.on_audio_sent(audio)

@@ -72,6 +72,10 @@ async def _speak(ws: WebSocket, req: TtsRequest) -> None:
     except ServiceError as exc:
         await ws.send_text(TtsError(id=req.id, message=exc.message).dump())
         return
+    except Exception as exc:  # an engine failure must end this request, not the connection's worker
+        log.exception("synthesis failed")
+        await ws.send_text(TtsError(id=req.id, message=f"synthesis failed: {type(exc).__name__}").dump())
+        return
     await ws.send_text(TtsEnd(id=req.id, samples=samples).dump())
     log.info("spoke %d chars: first audio %.0f ms, %.2fs audio", len(req.text), (first or 0) * 1000, samples / OUT_RATE)
 

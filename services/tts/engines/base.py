@@ -3,6 +3,7 @@ the base class resamples to 24 kHz and cuts chunks of at most `chunk_ms`, once f
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 
@@ -27,7 +28,7 @@ class TtsEngine(ABC):
 
     async def stream(self, text: str, voice: str | None, chunk_ms: int) -> AsyncIterator[np.ndarray]:
         """24 kHz float32 chunks of at most chunk_ms, streamed as the provider produces them."""
-        rs = StreamResampler(self.rate_for(voice), OUT_RATE)
+        rs = StreamResampler(await asyncio.to_thread(self.rate_for, voice), OUT_RATE)  # may load the voice
         async for piece in self.synthesize(text, voice):
             for chunk in split_chunks(rs.push(piece), OUT_RATE, chunk_ms):
                 yield chunk
