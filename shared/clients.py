@@ -16,6 +16,8 @@ import numpy as np
 import websockets
 
 from shared.audio import f32le_to_float, float_to_pcm16
+from shared.service import ServiceError
+from shared.sse import iter_sse_deltas
 
 
 class UpstreamError(Exception):
@@ -50,9 +52,6 @@ class ChatClient:
         """Text deltas over server-sent events; leaving the loop closes the request,
         which stops generation on the chat service. With `on_end_of_turn`, asks the chat
         service how finished the user's last message reads (if its engine can tell)."""
-        from services.chat.engines.openai_compat import iter_sse_deltas
-        from shared.service import ServiceError
-
         body = {"messages": messages, "stream": True, "end_of_turn": on_end_of_turn is not None, **options}
         try:
             async with self.http.stream("POST", self.url, json=body) as r:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import httpx
 
 from services.chat.engines.base import ChatEngine, ChatMessage, GenerationOptions
 from shared.config import ChatSettings
 from shared.service import ServiceError
+from shared.sse import iter_sse_deltas
 
 
 class OpenAICompatEngine(ChatEngine):
@@ -48,24 +48,3 @@ class OpenAICompatEngine(ChatEngine):
                 raise ServiceError(502, f"upstream chat server answered {r.status_code}: {detail}", retryable=r.status_code >= 500)
             async for delta in iter_sse_deltas(r.aiter_lines()):
                 yield delta
-
-
-async def iter_sse_deltas(lines: AsyncIterator[str], on_end_of_turn: Callable[[float], None] | None = None) -> AsyncIterator[str]:
-    """Content deltas from OpenAI chat-completion server-sent events (and our end_of_turn extension)."""
-    async for line in lines:
-        if not line.startswith("data:"):
-            continue
-        data = line[5:].strip()
-        if data == "[DONE]":
-            return
-        event = json.loads(data)
-        if event.get("object") == "end_of_turn":
-            if on_end_of_turn is not None:
-                on_end_of_turn(float(event["probability"]))
-            continue
-        if "error" in event:
-            raise ServiceError(502, f"chat stream error: {event['error']}", retryable=True)
-        for choice in event.get("choices", []):
-            text = (choice.get("delta") or {}).get("content")
-            if text:
-                yield text
