@@ -11,15 +11,19 @@ T = TypeVar("T")
 _DONE = object()
 
 
-async def iterate_in_thread(make: Callable[[], Iterator[T]], maxsize: int = 4) -> AsyncIterator[T]:
+async def iterate_in_thread(
+    make: Callable[[], Iterator[T]], maxsize: int = 4, stop: threading.Event | None = None
+) -> AsyncIterator[T]:
     """Yield the items of a blocking iterator produced in a worker thread.
 
     The queue is bounded so a slow consumer slows the producer; when the consumer
     stops early (cancelled, barge-in) the producer is told to stop at its next item.
+    Pass your own `stop` event to let the producer see that sooner (e.g. while it waits
+    for a lock before its first item).
     """
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[object] = asyncio.Queue(maxsize)
-    stop = threading.Event()
+    stop = stop or threading.Event()
 
     def put(item: object) -> None:
         fut = asyncio.run_coroutine_threadsafe(queue.put(item), loop)
@@ -32,6 +36,8 @@ async def iterate_in_thread(make: Callable[[], Iterator[T]], maxsize: int = 4) -
         fut.cancel()
 
     def produce() -> None:
+        if stop.is_set():
+            return
         try:
             for item in make():
                 if stop.is_set():

@@ -108,9 +108,14 @@ class LlamaCppEngine(ChatEngine):
             return None
         return await asyncio.to_thread(self._end_of_turn, build_prompt(messages, open_user=True), build_prompt(messages))
 
-    def _generate(self, prompt: str, opts: GenerationOptions) -> Iterator[str]:
+    def _generate(self, prompt: str, opts: GenerationOptions, stop: threading.Event | None = None) -> Iterator[str]:
         assert self.llm is not None
-        with self._lock:
+        # A speculative request cancelled while queued behind another one gives up here,
+        # before it costs a prompt prefill.
+        while not self._lock.acquire(timeout=0.05):
+            if stop is not None and stop.is_set():
+                return
+        try:
             for part in self.llm.create_completion(
                 prompt,
                 max_tokens=opts.max_tokens,
@@ -123,7 +128,10 @@ class LlamaCppEngine(ChatEngine):
                 text = part["choices"][0]["text"]  # type: ignore[index]
                 if text:
                     yield text
+        finally:
+            self._lock.release()
 
     def stream(self, messages: list[ChatMessage], opts: GenerationOptions) -> AsyncIterator[str]:
         prompt = build_prompt(messages)
-        return iterate_in_thread(lambda: self._generate(prompt, opts), maxsize=64)
+        stop = threading.Event()
+        return iterate_in_thread(lambda: self._generate(prompt, opts, stop), maxsize=64, stop=stop)
