@@ -23,14 +23,16 @@ import urllib.error
 import urllib.request
 from collections import deque
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 ORDER = ("stt", "chat", "tts", "server")  # start order; stopped in reverse
+sys.path.insert(0, str(ROOT))
 
 
 def _port(name: str) -> tuple[str, int]:
-    sys.path.insert(0, str(ROOT))
+    """Where a service listens, from its own settings class (environment and .env)."""
     from shared import config
 
     cls = {"stt": config.SttSettings, "chat": config.ChatSettings, "tts": config.TtsSettings, "server": config.ServerSettings}[name]
@@ -52,7 +54,7 @@ class Service:
     restarts: int = 0
     stopping: bool = False
 
-    @property
+    @cached_property  # read once: the readiness poll asks for it every 300 ms
     def url(self) -> str:
         host, port = _port(self.name)
         return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"

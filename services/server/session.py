@@ -77,7 +77,7 @@ def make_detector(cfg: ServerSettings, *overrides: DetectorOverrides | None) -> 
 
 class Session:
     def __init__(self, ws: WebSocket, session_id: str, init: InitMessage, agent: Agent, services: Services) -> None:
-        self.ws, self.id, self.init, self.agent = ws, session_id, init, agent
+        self.ws, self.id, self.agent = ws, session_id, agent
         self.cfg = services.cfg
         self.system = init.systemPrompt or agent.systemPrompt
         self.allow_interruptions = init.allowInterruptions
@@ -103,7 +103,6 @@ class Session:
         self._play_until = 0.0  # wall clock when the client will have played all it got
         self._utterance = "normal"  # "normal" | "ignored" (backchannel, echo) | "barge" (may interrupt)
         self._barge_onset = 0.0
-        self._barge_merge = False  # the barge-in continues an utterance we answered early
         self._closed = False
         self._early: Turn | None = None
 
@@ -146,11 +145,11 @@ class Session:
 
     async def _on_event(self, ev: object, speech_end: float) -> None:
         if isinstance(ev, SpeechStarted):
-            self._utterance = "normal"
+            self._utterance, self._early = "normal", None  # a new utterance continues nothing
             if self.speaking():
                 # while we talk, speech only counts once it lasts longer than a backchannel
                 # and does not follow our own voice (see _check_progress)
-                self._barge(ev.t, merge=False)
+                self._barge(ev.t)
                 return
             await self.send(SpeechStart().dump())
         elif self._utterance != "normal":
@@ -167,7 +166,7 @@ class Session:
                 if self._early.sent_samples == 0:  # nothing played yet, so this cannot be our echo
                     await self._merge_early()
                 else:
-                    self._barge(ev.t, merge=True)
+                    self._barge(ev.t)
         elif isinstance(ev, UtteranceEnded):
             await self.send(SpeechEnd(duration=round(len(ev.audio) / STT_RATE, 3)).dump())
             if self._early is not None:  # already answered: the transcript read complete
@@ -177,9 +176,10 @@ class Session:
             else:
                 await self._start_turn(ev.audio, speech_end, confirmed=True)
 
-    def _barge(self, onset: float, merge: bool) -> None:
+    def _barge(self, onset: float) -> None:
+        """Speech while we talk; with `_early` set it continues the utterance we answered early."""
         self._utterance = "barge" if self.allow_interruptions else "ignored"
-        self._barge_onset, self._barge_merge = onset, merge
+        self._barge_onset = onset
 
     async def _merge_early(self) -> None:
         """The user had not finished after all: forget the early answer; their turn goes on."""
@@ -198,7 +198,7 @@ class Session:
                 log.info("session %s: speech follows our own playback: echo, ignored", self.id)
             else:
                 self._utterance = "normal"
-                if self._barge_merge:
+                if self._early is not None:  # the user went on after an early answer: one turn
                     await self._merge_early()
                 else:
                     await self.send(SpeechStart().dump())

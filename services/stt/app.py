@@ -10,7 +10,7 @@ import numpy as np
 from fastapi import Form, UploadFile
 
 from services.stt.engines.base import SttEngine
-from shared.audio import STT_RATE, AudioDecodeError, decode_audio, pcm16_to_float
+from shared.audio import STT_RATE, AudioDecodeError, decode_audio, pcm16_to_float, resample
 from shared.config import SttSettings
 from shared.logs import setup_logging, user_text
 from shared.service import ServiceError, create_service, require_ready
@@ -44,8 +44,6 @@ def _to_audio(data: bytes, filename: str, content_type: str, raw_rate: int) -> n
     if raw:
         if len(data) < 2:
             raise AudioDecodeError("raw PCM upload is empty")
-        from shared.audio import resample
-
         return resample(pcm16_to_float(data), raw_rate, STT_RATE)
     return decode_audio(data, STT_RATE)
 
