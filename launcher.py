@@ -61,8 +61,7 @@ class Service:
 
     async def start(self) -> None:
         host, port = _port(self.name)
-        cmd = [sys.executable, "-m", "uvicorn", f"services.{self.name}.app:app", "--host", host, "--port", str(port),
-               "--no-access-log", "--log-level", "warning", "--ws-max-size", str(2**24)]
+        cmd = [sys.executable, "-m", "shared.serve", self.name]  # uvicorn, with a drain on SIGTERM
         self.proc = await asyncio.create_subprocess_exec(
             *cmd, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True, limit=2**20,
@@ -85,31 +84,48 @@ class Service:
             if log:
                 log.close()
 
-    async def wait_ready(self) -> bool:
+    async def bring_up(self, attempts: int = 3) -> bool:
+        """Start-up: a process that dies before it is ready is restarted like any crash
+        (a few times); a service that reports its models failed to load is not."""
+        for attempt in range(1, attempts + 1):
+            outcome = await self.wait_ready()
+            if outcome != "crashed":
+                return outcome == "ready"
+            if attempt < attempts and not self.stopping:
+                self.restarts += 1
+                say(f"{self.name}: exited during start-up; restart #{self.restarts} in {attempt}s")
+                await asyncio.sleep(attempt)
+                await self.start()
+        say(f"{self.name}: FAILED: it kept exiting during start-up")
+        return False
+
+    async def wait_ready(self) -> str:
+        """"ready", "crashed" (the process exited) or "failed" (load error or timeout)."""
         t0, last_note = time.monotonic(), 0.0
         while time.monotonic() - t0 < self.ready_timeout:
             if self.proc is None or self.proc.returncode is not None:
                 await asyncio.sleep(0.2)  # let the pump collect the last lines
-                say(f"{self.name}: FAILED before it was ready (exit code {self.proc.returncode if self.proc else '?'}). Last output:")
+                say(f"{self.name}: exited before it was ready (exit code {self.proc.returncode if self.proc else '?'}). Last output:")
                 for line in list(self.tail)[-10:]:
                     print(f"    {line}", flush=True)
-                return False
+                return "crashed"
             status, reason = await asyncio.to_thread(_ready, self.url)
             if status is None:
                 say(f"{self.name}: FAILED to load: {reason}")
-                return False
+                return "failed"
             if status:
                 say(f"{self.name}: ready ({time.monotonic() - t0:.1f}s) at {self.url}")
-                return True
+                return "ready"
             if time.monotonic() - last_note > 10:
                 last_note = time.monotonic()
                 if time.monotonic() - t0 > 1:
                     say(f"{self.name}: waiting ({reason}) {time.monotonic() - t0:.0f}s")
             await asyncio.sleep(0.3)
         say(f"{self.name}: FAILED: not ready after {self.ready_timeout:.0f}s")
-        return False
+        return "failed"
 
-    async def stop(self, timeout: float = 10.0) -> None:
+    async def stop(self, timeout: float) -> None:
+        """SIGTERM (the service drains: turns in flight finish), then SIGKILL after `timeout`."""
         self.stopping = True
         p = self.proc
         if p is None or p.returncode is not None:
@@ -143,7 +159,7 @@ class Service:
             if self.stopping:
                 return
             await self.start()
-            await self.wait_ready()
+            await self.bring_up()
 
 
 async def _readline(stream: asyncio.StreamReader) -> bytes:
@@ -184,7 +200,7 @@ async def main(args: argparse.Namespace) -> int:
     try:
         for s in services:  # model services load in parallel; the server needs nothing to start
             await s.start()
-        waiting = asyncio.gather(*(s.wait_ready() for s in services))
+        waiting = asyncio.gather(*(s.bring_up() for s in services))
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait([waiting, stopped], return_when=asyncio.FIRST_COMPLETED)
         if stop.is_set():
@@ -206,8 +222,10 @@ async def main(args: argparse.Namespace) -> int:
         for w in watchers:
             w.cancel()
     finally:
-        for s in reversed(services):
-            await s.stop()
+        from shared.config import common
+
+        for s in reversed(services):  # the server first: it drains its sessions while the models still answer
+            await s.stop(common().drain_timeout + 10)
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TypeVar
@@ -48,7 +49,22 @@ async def iterate_in_thread(
             return
         put(_DONE)
 
-    worker = loop.run_in_executor(None, produce)
+    # A thread of its own: a long-lived stream must not hold one of the default pool's few
+    # threads (min(32, cores + 4)), which every short asyncio.to_thread call shares.
+    worker: asyncio.Future[None] = loop.create_future()
+
+    def finished() -> None:
+        if not worker.done():
+            worker.set_result(None)
+
+    def run() -> None:
+        try:
+            produce()
+        finally:
+            with contextlib.suppress(RuntimeError):  # the loop may be closed at shutdown
+                loop.call_soon_threadsafe(finished)
+
+    threading.Thread(target=run, name="stream", daemon=True).start()
     try:
         while True:
             item = await queue.get()

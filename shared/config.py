@@ -6,6 +6,7 @@ at start-up with pydantic's message, never at the first request.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -25,6 +26,11 @@ class CommonSettings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = False
     log_user_text: bool = Field(False, description="log transcripts and replies (off: privacy)")
+    api_keys: SecretStr = Field(SecretStr(""), description="comma-separated API keys shared by all services; empty: open access, loopback only")
+    token_secret: SecretStr = Field(SecretStr(""), description="HMAC secret of browser session tokens; empty: derived from the keys")
+    token_ttl: float = Field(60.0, gt=0, le=3600, description="seconds a session token stays valid (it is single-use)")
+    rate_limit_per_minute: int = Field(600, ge=0, description="requests and connections per key per minute (0: off)")
+    drain_timeout: float = Field(10.0, ge=0, le=300, description="on SIGTERM, seconds to let work in flight finish")
 
 
 class SttSettings(BaseSettings):
@@ -51,6 +57,7 @@ class ChatSettings(BaseSettings):
     model_path: str = Field("", description="GGUF path; empty = bundled Gemma 3 270M")
     n_threads: int = Field(2, ge=1)
     n_ctx: int = Field(2048, ge=256)
+    parallel: int = Field(4, ge=1, le=16, description="llama_cpp: sequences decoded together (slots); each gets n_ctx")
     nice: int = Field(5, ge=0, le=19, description="lower CPU priority of the chat process (0: unchanged)")
     max_tokens: int = Field(60, ge=1, le=1024)
     temperature: float = Field(0.6, ge=0, le=2)
@@ -73,7 +80,12 @@ class TtsSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8003
     engine: Literal["piper", "xtts", "cartesia", "elevenlabs"] = "piper"
-    voice: str = Field("", description="Piper .onnx path; empty = bundled en_US-joe-medium")
+    voice: str = Field("", description="default voice: a catalog id (GET /voices) or a Piper .onnx path; empty = the engine's own (Piper: joe)")
+    voices_dir: str = Field("", description="extra Piper voices, read at start-up: a folder of <id>.onnx + <id>.onnx.json")
+    agents_file: str = Field(str(ROOT / "agents.json"), description="agents whose `voice` a `personality` selects, read at start-up")
+    data_dir: str = Field(str(ROOT / "data" / "voices"), description="cloned voices (metadata, speaker conditioning), files named by generated id")
+    clone_max_bytes: int = Field(8_000_000, ge=10_000, description="largest reference recording accepted by POST /v1/voices")
+    clone_max_voices: int = Field(100, ge=1, description="most cloned voices kept")
     chunk_ms: int = Field(80, ge=10, le=1000, description="max audio per streamed chunk")
     threads: int = Field(2, ge=1, description="ONNX Runtime threads for Piper")
     xtts_model_path: str = ""
@@ -93,6 +105,9 @@ class ServerSettings(BaseSettings):
     stt_url: str = "http://127.0.0.1:8001"
     chat_url: str = "http://127.0.0.1:8002"
     tts_url: str = "ws://127.0.0.1:8003/tts/stream"
+    stt_urls: str = Field("", description="several STT replicas, comma-separated (overrides stt_url); least-loaded first")
+    chat_urls: str = Field("", description="several chat replicas, comma-separated (overrides chat_url)")
+    tts_urls: str = Field("", description="several TTS stream URLs, comma-separated (overrides tts_url)")
     agents_file: str = str(ROOT / "agents.json")
     request_timeout: float = 30.0
     # speech detector defaults (per-session overrides in the init message)
@@ -108,8 +123,30 @@ class ServerSettings(BaseSettings):
     echo_threshold: float = Field(0.85, description="loudness-contour correlation with our own playback that marks input as echo (>1: off)")
     backchannel_max: float = Field(0.6, description="speech shorter than this during playback does not interrupt")
     first_chunk_max_words: int = Field(5, ge=1, description="speak the first words after this many if no clause boundary came")
+    streaming_stt: bool = Field(True, description="stream the user's audio to STT while they speak (false: one request per pause)")
     history_turns: int = 10
     history_tokens: int = 600
+    # limits
+    allowed_origins: str = Field("", description="extra Origins allowed on /ws, comma-separated ('*': any); "
+                                 "the server's own origin and localhost always are")
+    max_sessions: int = Field(default_factory=lambda: 2 * (os.cpu_count() or 2), ge=1,
+                              description="concurrent sessions this server admits (default: 2 per core)")
+    max_sessions_per_key: int = Field(0, ge=0, description="concurrent sessions per API key (0: max_sessions)")
+    max_frame_bytes: int = Field(65536, ge=1024, description="largest WebSocket frame (64 KiB = 2 s of audio); larger: close 1009")
+    max_init_bytes: int = Field(16384, ge=256, description="largest init or control message")
+    session_max_duration: float = Field(3600.0, gt=0, description="seconds a session may last")
+    session_idle_timeout: float = Field(60.0, gt=0, description="seconds without any client frame before a session ends")
+    max_body_mb: float = Field(26.0, gt=0, description="largest HTTP request body (uploads to the gateway)")
+    # gateway: OpenAI voice names -> TTS catalog voice ids (JSON object in the environment)
+    openai_voice_map: dict[str, str] = Field(
+        default_factory=lambda: dict.fromkeys(
+            ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse", "marin", "cedar"), "default"),
+        description="OpenAI voice name -> TTS voice id used by the gateway's OpenAI-compatible routes")
+
+
+def urls(many: str, one: str) -> list[str]:
+    """A stage's replica URLs: the comma-separated list if given, else the single URL."""
+    return [u.strip() for u in many.split(",") if u.strip()] or [one]
 
 
 @lru_cache

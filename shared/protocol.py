@@ -8,7 +8,17 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+LANGUAGE = r"^[a-z]{2,3}(-[A-Za-z]{2,4})?$"  # ISO 639 code, optional region: en, en-US, yue
+VOICE_ID = r"^[A-Za-z0-9_.-]{1,64}$"  # a catalog id (GET :8003/voices), never a path
+
+
+def first_error(exc: ValidationError) -> str:
+    """The first validation problem as `field: reason`, for a client-facing error message."""
+    err = exc.errors()[0]
+    where = ".".join(str(x) for x in err["loc"]) or "message"
+    return f"{where}: {err['msg']}"
 
 # --------------------------------------------------------------------------- session: client -> server
 
@@ -17,7 +27,7 @@ class DetectorOverrides(BaseModel):
     """Per-session speech detector knobs (any subset; seconds and dB)."""
 
     model_config = ConfigDict(extra="forbid")
-    energy_threshold: float | None = Field(None, description="dB above the noise floor that counts as speech")
+    energy_threshold: float | None = Field(None, ge=0, le=60, description="dB above the noise floor that counts as speech")
     min_speech_duration: float | None = Field(None, ge=0.02, le=2.0)
     max_silence_duration: float | None = Field(None, ge=0.1, le=5.0)
     max_recording_duration: float | None = Field(None, ge=1.0, le=120.0)
@@ -32,8 +42,8 @@ class InitMessage(BaseModel):
     userId: str = Field(min_length=1, max_length=128)
     agentName: str = Field("Assistant", max_length=128)
     systemPrompt: str | None = Field(None, max_length=4000)
-    voice: str | None = Field(None, max_length=128)
-    language: str = Field("en", max_length=16)
+    voice: str | None = Field(None, pattern=VOICE_ID)
+    language: str = Field("en", pattern=LANGUAGE)
     allowInterruptions: bool = True
     speechDetector: DetectorOverrides | None = None
     audioOut: Literal["json", "binary"] = "json"
@@ -58,7 +68,7 @@ class ConfigIn(BaseModel):
     type: Literal["config"]
     allowInterruptions: bool | None = None
     speechDetector: DetectorOverrides | None = None
-    voice: str | None = None
+    voice: str | None = Field(None, pattern=VOICE_ID)
 
 
 ClientMessage = Annotated[TranscriptIn | PlaybackIn | InterruptIn | ConfigIn, Field(discriminator="type")]
@@ -92,6 +102,17 @@ class TranscriptOut(_Out):
     type: Literal["transcript"] = "transcript"
     turn_id: int
     text: str
+    replaces: int | None = Field(None, description="the turn whose words this one repeats (the user had not finished): "
+                                 "show this transcript instead of that one")
+
+
+class TranscriptPartial(_Out):
+    """Live captions while the user speaks: `stable` is a prefix of `text` that will not change."""
+
+    type: Literal["transcript_partial"] = "transcript_partial"
+    turn_id: int
+    text: str
+    stable: str
 
 
 class ResponseText(_Out):
@@ -148,8 +169,9 @@ class TtsRequest(BaseModel):
 
     type: Literal["speak"] = "speak"
     text: str = Field(min_length=1, max_length=2000)
-    voice: str | None = None
-    id: str | None = None
+    voice: str | None = None  # a catalog id (GET /voices); checked by the TTS service, never a path
+    personality: str | None = Field(None, max_length=128)  # an agent id or name: speak with that agent's voice
+    id: str | None = Field(None, max_length=128)
 
 
 class TtsCancel(BaseModel):
@@ -174,4 +196,78 @@ class TtsEnd(_Out):
 class TtsError(_Out):
     type: Literal["error"] = "error"
     id: str | None = None
+    message: str
+
+
+# --------------------------------------------------------------------------- TTS voices (:8003 GET /voices, /v1/voices)
+
+VOICE_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+
+
+class VoiceInfo(_Out):
+    """One entry of the TTS voice catalog. Clients choose voices by `id` only."""
+
+    id: str = Field(pattern=VOICE_ID_PATTERN)
+    name: str
+    engine: str
+    language: str
+    sample_rate: int
+    cloned: bool = False
+    alias_of: str | None = None  # set on the "default" entry
+
+
+# --------------------------------------------------------------------------- STT service stream (:8001 /transcribe/stream)
+# Binary frames: little-endian int16 mono PCM at 16 kHz. Text frames: the messages below.
+
+LANGUAGE_PATTERN = r"^[a-z]{2,3}(-[A-Za-z]{2,4})?$"  # en, yue, en-US, zh-Hant
+
+
+class SttConfig(BaseModel):
+    """Settings for the current and later utterances of this connection."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["config"]
+    language: str | None = Field(None, max_length=8, pattern=LANGUAGE_PATTERN)
+    prompt: str | None = Field(None, max_length=1000, description="prior text that conditions the decoder")
+
+
+class SttFlush(BaseModel):
+    """End of utterance: answer `final`, then the connection starts a new utterance.
+    With `keep`, answer the text so far and go on with the same utterance (a pause the
+    speaker may continue after)."""
+
+    type: Literal["flush"]
+    keep: bool = False
+
+
+class SttReset(BaseModel):
+    """Drop the audio and text of the current utterance."""
+
+    type: Literal["reset"]
+
+
+SttClientMessage = Annotated[SttConfig | SttFlush | SttReset, Field(discriminator="type")]
+stt_client_message = TypeAdapter(SttClientMessage)
+
+
+class SttPartial(_Out):
+    """`committed` never changes once sent (later ones and the final start with it); `tail` may."""
+
+    type: Literal["partial"] = "partial"
+    committed: str
+    tail: str
+    text: str  # committed + tail
+
+
+class SttFinal(_Out):
+    type: Literal["final"] = "final"
+    text: str
+    duration: float  # seconds of audio in the utterance
+    processing_time: float  # seconds from the flush to this message
+    passes: int = 0  # partial passes run for this utterance (diagnostics)
+    max_pass_rtf: float = 0.0  # slowest partial pass over the new audio it covered
+
+
+class SttError(_Out):
+    type: Literal["error"] = "error"
     message: str

@@ -18,6 +18,7 @@ import numpy as np
 import websockets
 
 FRAME = 320  # 20 ms at 16 kHz
+METRICS_GRACE = 3.0  # seconds to wait for a turn's metrics after its tts_stream_end
 
 
 def last_voiced_sample(pcm: np.ndarray, drop_db: float = 35.0) -> int:
@@ -74,14 +75,16 @@ async def stream_pcm(
     wait_for_end: float = 25.0,
     extra: list[tuple[float, str]] | None = None,
     loopback: tuple[float, float] | None = None,
+    headers: dict[str, str] | None = None,
 ) -> SessionResult:
     """Send lead silence + pcm + tail silence in real time; collect everything that comes back.
 
     `frame_sizes` (bytes) overrides the 20 ms framing, e.g. for odd-length frames.
     `extra` is a list of (seconds from start, text frame) to send along the way.
     `loopback=(gain, delay_s)` plays received audio back into the microphone stream,
-    like a client without echo cancellation.
-    Returns after the stream and, once speech ended, a `tts_stream_end` (or the wait).
+    like a client without echo cancellation. `headers`: e.g. an API key.
+    Returns after the stream and, once speech ended, a `tts_stream_end` and that turn's
+    `metrics` (its last message), or the wait.
     """
     sil = np.zeros(int(16000 * lead), np.int16)
     mic = np.concatenate([sil, pcm.astype(np.int16), np.zeros(int(16000 * tail), np.int16)])
@@ -90,11 +93,12 @@ async def stream_pcm(
     echo = _Loopback(len(mic), *loopback) if loopback else None
     done = asyncio.Event()
     url = url if url.rstrip("/").rsplit("/", 1)[-1] != "ws" else url.rstrip("/") + "/" + uuid.uuid4().hex
-    async with websockets.connect(url, max_size=2**24) as ws:
+    async with websockets.connect(url, max_size=2**24, additional_headers=headers) as ws:
         await ws.send(json.dumps(init or {"agentId": "assistant", "userId": "test", "agentName": "Test"}))
 
         async def reader() -> None:
             turn = 0
+            ended: set[int] = set()  # turns whose tts_stream_end came; their metrics follow it
             try:
                 async for raw in ws:
                     now = time.perf_counter()
@@ -113,6 +117,9 @@ async def stream_pcm(
                         if echo:
                             echo.play(chunk, now - t0)
                     elif msg["type"] == "tts_stream_end" and res.speech_end is not None:
+                        ended.add(msg["turn_id"])
+                        asyncio.get_running_loop().call_later(METRICS_GRACE, done.set)  # in case no metrics come
+                    elif msg["type"] == "metrics" and msg["turn_id"] in ended:
                         done.set()
             except websockets.ConnectionClosed as exc:
                 res.close_code = exc.rcvd.code if exc.rcvd else None

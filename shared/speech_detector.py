@@ -184,6 +184,21 @@ class AudioSpeechDetector:
     def _audio(self) -> np.ndarray:
         return np.concatenate(self._utt) if self._utt else np.zeros(0, np.float32)
 
+    @property
+    def utterance_samples(self) -> int:
+        """Samples in the open utterance so far (pre-roll included); 0 when there is none."""
+        return self._utt_samples if self.in_speech else 0
+
+    def utterance_since(self, start: int) -> np.ndarray:
+        """The open utterance's samples from `start` on, to stream it as it grows."""
+        need, hops = self.utterance_samples - start, []
+        for hop in reversed(self._utt):
+            if need <= 0:
+                break
+            hops.append(hop[-need:] if need < len(hop) else hop)
+            need -= len(hop)
+        return np.concatenate(hops[::-1]) if hops else np.zeros(0, np.float32)
+
     def _step(self, hop: np.ndarray, events: list[SpeechEvent]) -> None:
         start, cont = self.clf.score(hop, self.in_speech)
         self._samples += len(hop)

@@ -138,6 +138,26 @@ def with_pause(pcm: np.ndarray, pause: float) -> tuple[np.ndarray, float]:
     return np.concatenate([pcm[: a * hop], gap, pcm[(b + 1) * hop :]]), a * hop / 16000
 
 
+def service_pid(name: str, port: int) -> int:
+    """The process of service `name` that the launcher started for `port` (StopIteration if none)."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"shared.serve" in args and name.encode() in args and f"{name.upper()}_PORT={port}".encode() in env:
+            return int(pid)
+    raise StopIteration
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
 @pytest.fixture(scope="session")
 def system() -> Iterator[System]:
     tap = ChatTap(f"http://127.0.0.1:{BASE_PORT + 2}", BASE_PORT + 10).start()

@@ -8,11 +8,10 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, system_env, wait_ready
+from tests.conftest import ROOT, service_pid, system_env, wait_ready
 
 BASE = 38000
 
@@ -23,22 +22,30 @@ def launch(*args: str, **env: str) -> subprocess.Popen:
                             text=True, start_new_session=True)
 
 
+def wait_line(proc: subprocess.Popen, text: str, timeout: float) -> list[str]:
+    """Read the launcher's output until a line contains `text` (its own word, not a port)."""
+    lines: list[str] = []
+    deadline = time.time() + timeout
+    assert proc.stdout is not None
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            raise AssertionError("launcher exited:\n" + "".join(lines))
+        lines.append(line)
+        if text in line:
+            return lines
+    raise AssertionError(f"no {text!r} after {timeout:.0f}s:\n" + "".join(lines))
+
+
 def pid_on(port: int) -> int:
-    """The uvicorn process serving `port` (StopIteration if none)."""
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"uvicorn" in args and str(port).encode() in args:
-            return int(pid)
-    raise StopIteration
+    return service_pid("tts", port)
 
 
 def test_subset_restart_and_clean_stop():
     proc = launch("--services", "tts")
+    seen: list[str] = []
     try:
-        wait_ready(f"http://127.0.0.1:{BASE + 3}", 120, proc)
+        seen += wait_line(proc, "all ready", 120)  # the launcher itself has seen it ready
         with pytest.raises(OSError):  # only the subset runs
             urllib.request.urlopen(f"http://127.0.0.1:{BASE}/health", timeout=1)
         first = pid_on(BASE + 3)
@@ -51,11 +58,13 @@ def test_subset_restart_and_clean_stop():
             except StopIteration:
                 pass
             time.sleep(0.3)
+        seen += wait_line(proc, "tts: ready", 120)
         wait_ready(f"http://127.0.0.1:{BASE + 3}", 120, proc)
         assert pid_on(BASE + 3) != first
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
-        out, _ = proc.communicate(timeout=30)
+        rest, _ = proc.communicate(timeout=60)
+    out = "".join(seen) + rest
     assert proc.returncode == 0
     assert "tts: exited with code" in out and "restart #1" in out and "tts: stopped" in out
     with pytest.raises(StopIteration):

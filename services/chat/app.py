@@ -9,11 +9,12 @@ import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
+from typing import Annotated
 
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
-from services.chat.engines.base import ChatEngine, ChatMessage, GenerationOptions
+from services.chat.engines.base import ChatEngine, ChatMessage, EndOfTurn, GenerationOptions
 from services.chat.engines.groq import GroqEngine
 from shared.config import ChatSettings
 from shared.logs import setup_logging, user_text
@@ -53,15 +54,25 @@ async def _load() -> None:
 
 
 app, state = create_service("chat", _load, log, "Chat completions for the voice agent.")
+_active = 0  # requests being served (generating or waiting for a slot)
+
+
+@app.get("/load", summary="In-flight and queued requests, and how many this replica decodes at once")
+async def load() -> dict[str, int]:
+    queued = engine.queued()
+    return {"in_flight": max(_active - queued, 0), "queued": queued, "slots": engine.slots}
+
+
+_Stop = Annotated[str, Field(min_length=1, max_length=64)]
 
 
 class CompletionRequest(BaseModel):
-    model: str | None = None
+    model: str | None = Field(None, max_length=200)
     messages: list[ChatMessage] = Field(min_length=1, max_length=200)
     stream: bool = False
     max_tokens: int | None = Field(None, ge=1, le=4096)
     temperature: float | None = Field(None, ge=0, le=2)
-    stop: list[str] | str | None = None
+    stop: Annotated[list[_Stop], Field(max_length=4)] | _Stop | None = None
     end_of_turn: bool = Field(False, description="extension: first SSE event is {'object': 'end_of_turn', 'probability'} "
                               "(how finished the last user message reads), when the engine supports it")
 
@@ -76,8 +87,14 @@ def _options(req: CompletionRequest) -> GenerationOptions:
 
 
 async def _collect(eng: ChatEngine, messages: list[ChatMessage], opts: GenerationOptions) -> str:
+    global _active
+    eng.check(messages, opts)
     t0 = time.perf_counter()
-    text = "".join([d async for d in eng.stream(messages, opts)]).strip()
+    _active += 1
+    try:
+        text = "".join([d async for d in eng.stream(messages, opts)]).strip()
+    finally:
+        _active -= 1
     log.info("%s reply in %.0f ms: %s", eng.name, (time.perf_counter() - t0) * 1000, user_text(text))
     return text
 
@@ -99,20 +116,32 @@ async def completions(req: CompletionRequest):  # type: ignore[no-untyped-def]
                  "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
         return f"data: {json.dumps(chunk)}\n\n"
 
+    engine.check(req.messages, opts)  # a context overflow is a 400 before any byte is streamed
+
     async def sse() -> AsyncIterator[str]:
+        global _active
         t0, first, n = time.perf_counter(), None, 0
         yield event({"role": "assistant"})
+        _active += 1
         try:
-            if req.end_of_turn and (p := await engine.end_of_turn(req.messages)) is not None:
-                yield f"data: {json.dumps({'object': 'end_of_turn', 'probability': round(p, 4)})}\n\n"
-            async for delta in engine.stream(req.messages, opts):
+            async for item in engine.generate(req.messages, opts, end_of_turn=req.end_of_turn):
+                if isinstance(item, EndOfTurn):
+                    yield f"data: {json.dumps({'object': 'end_of_turn', 'probability': round(item.probability, 4)})}\n\n"
+                    continue
                 if first is None:
                     first = time.perf_counter() - t0
                 n += 1
-                yield event({"content": delta})
-        except ServiceError as exc:  # headers are gone: report in-band, as OpenAI does
-            yield f"data: {json.dumps({'error': {'message': exc.message}})}\n\n"
+                yield event({"content": item})
+        except Exception as exc:  # noqa: BLE001 - headers are gone: an error event in-band, then a proper end
+            if not isinstance(exc, ServiceError):
+                log.exception("chat stream failed")
+                exc = ServiceError(500, f"internal error: {type(exc).__name__}", retryable=True)
+            body = {"error": {"message": exc.message, "retryable": exc.retryable}}
+            yield f"event: error\ndata: {json.dumps(body)}\n\n"
+            yield "data: [DONE]\n\n"
             return
+        finally:
+            _active -= 1
         yield event({}, "stop")
         yield "data: [DONE]\n\n"
         log.info("streamed %d deltas: first %.0f ms, total %.0f ms", n, (first or 0) * 1000, (time.perf_counter() - t0) * 1000)

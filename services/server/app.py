@@ -8,21 +8,29 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
+import time
+import uuid
 from pathlib import Path
 
 import httpx
-from fastapi import WebSocket, WebSocketDisconnect
-from fastapi.responses import FileResponse
+from fastapi import Request, WebSocket, WebSocketDisconnect
+from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from starlette.websockets import WebSocketState
 
+from services.server.admission import Admission, Full
 from services.server.agents import AgentBook
+from services.server.gateway import routers as gateway_routers
 from services.server.session import Services, Session
 from shared.clients import ChatClient, SttClient
-from shared.config import ServerSettings
-from shared.logs import setup_logging
-from shared.protocol import CallReady, ErrorOut, InitMessage, client_message
+from shared.config import ServerSettings, common, urls
+from shared.logs import SESSION_LOG, setup_logging
+from shared.metrics import SESSION_ERRORS
+from shared.protocol import CallReady, ErrorOut, InitMessage, client_message, first_error
+from shared.replicas import Replicas
+from shared.security import service_headers
 from shared.service import create_service
 
 log = setup_logging("server")
@@ -30,11 +38,15 @@ logging.getLogger("httpx").setLevel(logging.WARNING)
 cfg = ServerSettings()
 STATIC = Path(__file__).parent / "static"
 INIT_TIMEOUT = 10.0
+SESSION_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 
 # WebSocket close codes (RFC 6455)
+CLOSE_NORMAL = 1000  # session expired (duration or idle limit)
 CLOSE_UNSUPPORTED = 1003  # binary before the init message
 CLOSE_INVALID = 1007  # init frame is not JSON
 CLOSE_POLICY = 1008  # init JSON does not follow the protocol, or none came
+CLOSE_TOO_BIG = 1009  # a frame or message over its limit
+CLOSE_TRY_LATER = 1013  # full, starting or draining
 
 
 class _Deps:
@@ -44,16 +56,33 @@ class _Deps:
 
 
 deps = _Deps()
+admission = Admission(cfg.max_sessions, cfg.max_sessions_per_key)
 
 
 async def _load() -> None:
     deps.agents = AgentBook.load(cfg.agents_file)
-    deps.http = httpx.AsyncClient(timeout=httpx.Timeout(cfg.request_timeout, connect=3.0), limits=httpx.Limits(max_keepalive_connections=32))
-    deps.services = Services(SttClient(deps.http, cfg.stt_url), ChatClient(deps.http, cfg.chat_url), cfg)
+    deps.http = httpx.AsyncClient(timeout=httpx.Timeout(cfg.request_timeout, connect=3.0), limits=httpx.Limits(max_keepalive_connections=32),
+                                  headers=service_headers())
+    stt, chat, tts = (Replicas(name, urls(many, one)) for name, many, one in
+                      (("stt", cfg.stt_urls, cfg.stt_url), ("chat", cfg.chat_urls, cfg.chat_url), ("tts", cfg.tts_urls, cfg.tts_url)))
+    for pool in (stt, chat, tts):
+        pool.start_polling(deps.http)
+    deps.services = Services(SttClient(deps.http, stt), ChatClient(deps.http, chat), tts, cfg)
 
 
-app, state = create_service("server", _load, log, "Real-time speech-to-speech session server.")
+async def _drain() -> None:
+    await admission.drain(common().drain_timeout)
+
+
+app, state = create_service(
+    "server", _load, log, "Real-time speech-to-speech session server.",
+    max_body_mb=cfg.max_body_mb, origins=[o.strip() for o in cfg.allowed_origins.split(",") if o.strip()],
+    token_paths="/ws/", on_drain=_drain, ws_max_size=cfg.max_frame_bytes,
+)
+app.state.deps = deps  # the gateway's routers reach the service clients through request.app.state
 app.mount("/static", StaticFiles(directory=STATIC), name="static")
+for _router in gateway_routers:  # before /ws/{session_id}, which would otherwise take /ws/stt and /ws/tts
+    app.include_router(_router)
 
 
 @app.get("/", include_in_schema=False)
@@ -66,6 +95,59 @@ async def agents() -> list[dict]:
     return [a.model_dump(exclude_none=True) for a in deps.agents.agents]
 
 
+class TokenRequest(BaseModel):
+    session_id: str | None = Field(None, pattern=SESSION_ID.pattern, description="default: a new random id")
+
+
+class TokenOut(BaseModel):
+    token: str
+    session_id: str
+    expires_at: float = Field(description="Unix time; the token is single-use")
+    ws_path: str
+
+
+@app.post("/v1/session-tokens", summary="A short-lived, single-use token for one browser session (?token= on /ws/{id})")
+async def session_token(request: Request, body: TokenRequest | None = None) -> TokenOut:
+    sid = (body.session_id if body else None) or uuid.uuid4().hex
+    token, exp = app.state.tokens.mint(sid, request.scope.get("state", {}).get("key_id", "anonymous"))
+    return TokenOut(token=token, session_id=sid, expires_at=round(exp, 3), ws_path=f"/ws/{sid}?token={token}")
+
+
+def tts_http_base() -> str:
+    """The HTTP address of the least-loaded TTS replica."""
+    return deps.services.tts.pick().http_base
+
+
+_catalog: tuple[float, set[str]] = (0.0, set())
+
+
+async def voice_known(voice: str) -> bool:
+    """Is `voice` in the TTS catalog? (Cached 30 s; if TTS cannot say, the turn will.)"""
+    global _catalog
+    if time.monotonic() - _catalog[0] > 30:
+        try:
+            r = await deps.http.get(tts_http_base() + "/voices", timeout=3.0)
+            if r.status_code != 200:
+                return True
+            _catalog = (time.monotonic(), {v["id"] for v in r.json()})
+        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            return True
+    return voice in _catalog[1]
+
+
+@app.get("/voices", summary="The TTS service's voice catalog (choose a voice by its id)")
+async def voices() -> JSONResponse:
+    try:
+        r = await deps.http.get(tts_http_base() + "/voices", timeout=5.0)
+    except httpx.HTTPError as exc:
+        log.warning("voice catalog: TTS unreachable (%s)", type(exc).__name__)
+        return JSONResponse({"error": "speech synthesis is unavailable right now", "retryable": True}, 503)
+    if r.status_code != 200:
+        log.warning("voice catalog: TTS answered %d", r.status_code)
+        return JSONResponse({"error": "speech synthesis could not list its voices", "retryable": True}, 502)
+    return JSONResponse(r.json())
+
+
 @app.get("/status", summary="Readiness of the services this server depends on")
 async def status() -> dict[str, object]:
     async def probe(url: str) -> bool:
@@ -74,14 +156,18 @@ async def status() -> dict[str, object]:
         except httpx.HTTPError:
             return False
 
-    tts_http = cfg.tts_url.replace("ws://", "http://").replace("wss://", "https://").split("/tts/")[0]
-    names, urls = ("stt", "chat", "tts"), (cfg.stt_url, cfg.chat_url, tts_http)
-    results = await asyncio.gather(*(probe(u.rstrip("/")) for u in urls))
-    return {"server": True, **dict(zip(names, results, strict=True))}
+    pools = {"stt": deps.services.stt.replicas, "chat": deps.services.chat.replicas, "tts": deps.services.tts}
+    names = list(pools)
+    results = await asyncio.gather(*(probe(pools[n].pick().http_base) for n in names))
+    out: dict[str, object] = {"server": True, **dict(zip(names, results, strict=True))}
+    if any(len(p.replicas) > 1 for p in pools.values()):
+        out["replicas"] = {n: p.status() for n, p in pools.items()}
+    return out
 
 
-async def _reject(ws: WebSocket, code: int, message: str) -> None:
-    await ws.send_text(ErrorOut(code="bad_init", message=message, recoverable=False).dump())
+async def _reject(ws: WebSocket, code: int, message: str, error: str = "bad_init") -> None:
+    SESSION_ERRORS.labels(code=error).inc()
+    await ws.send_text(ErrorOut(code=error, message=message, recoverable=False).dump())
     await ws.close(code, reason=message[:120])
 
 
@@ -93,54 +179,87 @@ async def _read_init(ws: WebSocket) -> InitMessage | None:
         return None
     if first.get("type") == "websocket.disconnect":
         return None
-    if first.get("text") is None:
+    text = first.get("text")
+    if text is None:
         await _reject(ws, CLOSE_UNSUPPORTED, "the first message must be the JSON init message, not audio")
         return None
+    if len(text) > cfg.max_init_bytes:
+        await _reject(ws, CLOSE_TOO_BIG, f"the init message is larger than {cfg.max_init_bytes} bytes")
+        return None
     try:
-        return InitMessage.model_validate(json.loads(first["text"]))
+        return InitMessage.model_validate(json.loads(text))
     except json.JSONDecodeError:
         await _reject(ws, CLOSE_INVALID, "the init message is not valid JSON")
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(x) for x in err["loc"]) or "message"
-        await _reject(ws, CLOSE_POLICY, f"invalid init message: {where}: {err['msg']}")
+        await _reject(ws, CLOSE_POLICY, f"invalid init message: {first_error(exc)}")
     return None
 
 
 @app.websocket("/ws/{session_id}")
 async def session_ws(ws: WebSocket, session_id: str) -> None:
+    if not SESSION_ID.match(session_id):  # refused before accept, like credentials
+        await ws.send_denial_response(JSONResponse({"error": "session ids are 1-128 of A-Z a-z 0-9 _ . : -"}, 400))
+        return
     await ws.accept()
     if not state.ready:
-        await _reject(ws, 1013, "server is starting, try again")
+        await _reject(ws, CLOSE_TRY_LATER, "server is starting, try again", "not_ready")
         return
     init = await _read_init(ws)
     if init is None:
         return
+    if init.voice and not await voice_known(init.voice):
+        await _reject(ws, CLOSE_POLICY, f"unknown voice id {init.voice!r}; GET /voices lists them")
+        return
     agent = deps.agents.get(init.agentId)
     session = Session(ws, session_id, init, agent, deps.services)
-    log.info("session %s: start (agent %s, audio out %s)", session_id, agent.id, init.audioOut)
-    await session.send(CallReady(session_id=session_id).dump())
     try:
-        while True:
-            msg = await ws.receive()
-            if msg["type"] == "websocket.disconnect":
-                break
-            if (data := msg.get("bytes")) is not None:
-                await session.on_audio(data)
-                continue
-            try:
-                parsed = client_message.validate_json(msg.get("text") or "")
-            except ValidationError as exc:
-                await session.error("bad_message", f"ignored message: {exc.errors()[0]['msg']}")
-                continue
-            await session.on_text(parsed)
+        admission.admit(session, ws.scope.get("state", {}).get("key_id", "anonymous"))
+    except Full as exc:
+        await _reject(ws, CLOSE_TRY_LATER, exc.message, exc.reason)
+        return
+    token = SESSION_LOG.set(session_id)
+    log.info("start (agent %s, audio out %s)", agent.id, init.audioOut)
+    try:
+        await session.send(CallReady(session_id=session_id).dump())
+        await session.start()
+        await _serve(ws, session)
     except (WebSocketDisconnect, RuntimeError):
         pass
     except Exception:
-        log.exception("session %s: unexpected error", session_id)
+        log.exception("unexpected error")
         if ws.client_state == WebSocketState.CONNECTED:
             await session.error("internal", "internal error; the session is closing", recoverable=False)
             await ws.close(1011)
     finally:
+        admission.release(session)
         await session.close()
-        log.info("session %s: end", session_id)
+        log.info("end")
+        SESSION_LOG.reset(token)
+
+
+async def _serve(ws: WebSocket, session: Session) -> None:
+    """The session's input loop, with its idle and duration limits."""
+    deadline = time.monotonic() + cfg.session_max_duration
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            msg = await asyncio.wait_for(ws.receive(), min(cfg.session_idle_timeout, max(left, 0.0)))
+        except TimeoutError:
+            why = "the session reached its maximum duration" if left <= cfg.session_idle_timeout else "no audio or message for too long"
+            await session.expire(f"{why}; connect again to go on")
+            return
+        if msg["type"] == "websocket.disconnect":
+            return
+        if (data := msg.get("bytes")) is not None:
+            await session.on_audio(data)
+            continue
+        text = msg.get("text") or ""
+        if len(text) > cfg.max_init_bytes:
+            await session.error("bad_message", f"ignored a message larger than {cfg.max_init_bytes} bytes")
+            continue
+        try:
+            parsed = client_message.validate_json(text)
+        except ValidationError as exc:
+            await session.error("bad_message", f"ignored message: {first_error(exc)}")
+            continue
+        await session.on_text(parsed)

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,10 +21,13 @@ from starlette.websockets import WebSocket
 from services.server.agents import Agent
 from services.server.echo import EchoGuard
 from services.server.history import History
-from services.server.turn import Payload, Turn, TurnDeps, reads_complete
+from services.server.live_stt import LiveTranscriber
+from services.server.turn import Payload, Turn, TurnDeps, TurnState, reads_complete
 from shared.audio import OUT_RATE, STT_RATE, pcm16_to_float
 from shared.clients import ChatClient, SttClient
 from shared.config import ServerSettings
+from shared.logs import TURN_LOG
+from shared.metrics import INTERRUPTIONS, SESSION_ERRORS
 from shared.protocol import (
     ConfigIn,
     DetectorOverrides,
@@ -34,11 +38,15 @@ from shared.protocol import (
     PlaybackIn,
     SpeechEnd,
     SpeechStart,
+    SttPartial,
     TranscriptIn,
+    TranscriptPartial,
 )
+from shared.replicas import Replicas
 from shared.speech_detector import (
     AudioSpeechDetector,
     DetectorConfig,
+    EnergyClassifier,
     SpeechPaused,
     SpeechResumed,
     SpeechStarted,
@@ -52,6 +60,7 @@ log = logging.getLogger("server.session")
 class Services:
     stt: SttClient
     chat: ChatClient
+    tts: Replicas
     cfg: ServerSettings
 
 
@@ -71,8 +80,17 @@ def make_detector(cfg: ServerSettings, *overrides: DetectorOverrides | None) -> 
     if engine == "silero":
         from shared.silero import SileroClassifier
 
-        return AudioSpeechDetector(base, SileroClassifier())
+        return AudioSpeechDetector(base, SileroClassifier())  # loads an ONNX model: call off the event loop
     return AudioSpeechDetector(base)
+
+
+async def new_detector(cfg: ServerSettings, *overrides: DetectorOverrides | None) -> AudioSpeechDetector:
+    return await asyncio.to_thread(make_detector, cfg, *overrides)
+
+
+SEND_TIMEOUT = 10.0  # a client that reads nothing for this long is gone
+TICK = 0.05  # how often time-based decisions are made when no audio arrives
+STALL_SLACK = 0.1  # audio frames arrive every ~20 ms; a gap longer than this counts as silence
 
 
 class Session:
@@ -81,20 +99,22 @@ class Session:
         self.cfg = services.cfg
         self.system = init.systemPrompt or agent.systemPrompt
         self.allow_interruptions = init.allowInterruptions
-        self.detector = make_detector(self.cfg, agent.speechDetector, init.speechDetector)
+        self._detector_overrides = (agent.speechDetector, init.speechDetector)
+        self.detector = AudioSpeechDetector()  # replaced in start() by the session's own settings
+        self._neural = False  # a neural detector runs in a worker thread, not on the event loop
         self.history = History(self.cfg.history_turns, self.cfg.history_tokens)
         self.echo = EchoGuard(threshold=self.cfg.echo_threshold)
         self.deps = TurnDeps(
             stt=services.stt,
             chat=services.chat,
-            tts_url=self.cfg.tts_url,
+            tts=services.tts,
             send=self.send,
             on_audio_sent=self._on_audio_sent,
             binary_audio=init.audioOut == "binary",
             voice=init.voice or agent.voice,
             first_chunk_max_words=self.cfg.first_chunk_max_words,
         )
-        self.pending: Turn | None = None  # speculative, output held
+        self.current: Turn | None = None  # the utterance in progress: listening or speculating, output held
         self.active: Turn | None = None  # confirmed, output streaming
         self.last_turn: Turn | None = None
         self._turn_ids = 0
@@ -105,6 +125,28 @@ class Session:
         self._barge_onset = 0.0
         self._closed = False
         self._early: Turn | None = None
+        self._last_audio = time.perf_counter()  # wall clock of the last audio frame
+        self._input = asyncio.Lock()  # audio frames and the timer take decisions one at a time
+        self._timer: asyncio.Task[None] | None = None
+        self.live = LiveTranscriber(services.stt.replicas, init.language, self._on_partial) if self.cfg.streaming_stt else None
+
+    async def start(self) -> None:
+        self.detector = await new_detector(self.cfg, *self._detector_overrides)
+        self._neural = not isinstance(self.detector.clf, EnergyClassifier)
+        self._last_audio = time.perf_counter()
+        self._timer = asyncio.create_task(self._tick())
+
+    def busy(self) -> bool:
+        """A turn is being computed or spoken (a drain waits for it)."""
+        return (self.current is not None and self.current.state == TurnState.SPECULATING) or self.active is not None
+
+    async def _tick(self) -> None:
+        """Decisions that must not wait for the next audio frame: a client may stop sending."""
+        while not self._closed:
+            await asyncio.sleep(TICK)
+            if time.perf_counter() - self._last_audio > STALL_SLACK:
+                async with self._input:
+                    await self._check_progress()
 
     # ------------------------------------------------------------------ outbox
 
@@ -112,10 +154,23 @@ class Session:
         if self._closed:
             return
         async with self._send_lock:
-            if isinstance(payload, bytes):
-                await self.ws.send_bytes(payload)
-            else:
-                await self.ws.send_text(payload)
+            if self._closed:
+                return
+            send = self.ws.send_bytes(payload) if isinstance(payload, bytes) else self.ws.send_text(payload)
+            try:
+                await asyncio.wait_for(send, SEND_TIMEOUT)
+            except TimeoutError:
+                # The client stopped reading: what we hold for it is bounded by the socket
+                # buffers; end the session rather than let it hold a turn (and memory) forever.
+                log.warning("client not reading for %.0fs: closing", SEND_TIMEOUT)
+                SESSION_ERRORS.labels(code="slow_client").inc()
+                self._closed = True
+                asyncio.create_task(self._abort())
+
+    async def _abort(self) -> None:
+        await self.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.ws.close(1008, reason="client is not reading"), 1.0)
 
     def _on_audio_sent(self, chunk: np.ndarray) -> None:
         start = max(self._play_until, time.perf_counter())
@@ -126,7 +181,22 @@ class Session:
         return self.active is not None or time.perf_counter() < self._play_until
 
     async def error(self, code: str, message: str, recoverable: bool = True) -> None:
+        SESSION_ERRORS.labels(code=code).inc()
         await self.send(ErrorOut(code=code, message=message, recoverable=recoverable).dump())
+
+    async def expire(self, message: str) -> None:
+        """A limit of the session was reached: say so, then close."""
+        await self.error("session_expired", message, recoverable=False)
+        await self.close()
+        with contextlib.suppress(Exception):
+            await self.ws.close(1000, reason="session expired")
+
+    async def shutdown(self) -> None:
+        """The server is draining: the last message, then a close that says "restart, come back"."""
+        await self.error("server_shutdown", "the server is restarting; connect again in a moment", recoverable=False)
+        await self.close()
+        with contextlib.suppress(Exception):
+            await self.ws.close(1012, reason="server restarting")
 
     # ------------------------------------------------------------------ input
 
@@ -136,12 +206,25 @@ class Session:
         x = pcm16_to_float(data)
         if x.size == 0:
             return
-        now = time.perf_counter()
+        now = self._last_audio = time.perf_counter()
         self.echo.on_input(x, now)
-        for ev in self.detector.push(x):
-            speech_end = now - (self.detector.time - getattr(ev, "t", self.detector.time))
-            await self._on_event(ev, speech_end)
-        await self._check_progress()
+        events = await asyncio.to_thread(self.detector.push, x) if self._neural else self.detector.push(x)
+        async with self._input:
+            await self._stream_utterance()
+            for ev in events:
+                speech_end = now - (self.detector.time - getattr(ev, "t", self.detector.time))
+                await self._on_event(ev, speech_end)
+            await self._check_progress()
+
+    async def _stream_utterance(self) -> None:
+        """The user's words go to live STT while they speak (not echo or talk-over we ignore)."""
+        if self.live is not None and self._utterance == "normal" and self.detector.in_speech:
+            await self.live.feed(self.detector.utterance_since(self.live.streamed))
+
+    async def _on_partial(self, partial: SttPartial) -> None:
+        turn = self.current
+        if turn is not None and turn.open and partial.text:
+            await self.send(TranscriptPartial(turn_id=turn.id, text=partial.text, stable=partial.committed).dump())
 
     async def _on_event(self, ev: object, speech_end: float) -> None:
         if isinstance(ev, SpeechStarted):
@@ -152,16 +235,17 @@ class Session:
                 self._barge(ev.t)
                 return
             await self.send(SpeechStart().dump())
+            self._open_turn()
         elif self._utterance != "normal":
             if isinstance(ev, UtteranceEnded):  # a backchannel, our own echo, or talk-over we ignore
                 self._utterance, self._early = "normal", None
+                await self._end_utterance()
         elif isinstance(ev, SpeechPaused):
-            await self._start_turn(ev.audio, speech_end, confirmed=False)
+            self._speculate(ev.audio, speech_end)
         elif isinstance(ev, SpeechResumed):
-            # the user goes on: drop the speculative answer; the next pause sees both parts as one turn
-            if self.pending is not None:
-                await self._cancel(self.pending)
-                self.pending = None
+            # the user goes on: drop the speculative answer; the turn listens on, keeping its id
+            if self.current is not None and self.current.state == TurnState.SPECULATING:
+                await self.current.listen_again()
             elif self._early is not None:
                 if self._early.sent_samples == 0:  # nothing played yet, so this cannot be our echo
                     await self._merge_early()
@@ -169,12 +253,38 @@ class Session:
                     self._barge(ev.t)
         elif isinstance(ev, UtteranceEnded):
             await self.send(SpeechEnd(duration=round(len(ev.audio) / STT_RATE, 3)).dump())
+            turn = self.current
             if self._early is not None:  # already answered: the transcript read complete
                 self._early = None
-            elif self.pending is not None:
-                await self._promote(self.pending)
-            else:
-                await self._start_turn(ev.audio, speech_end, confirmed=True)
+            elif turn is not None:
+                if turn.state == TurnState.LISTENING:  # ended with no pause seen (the 30 s limit)
+                    self._speculate(ev.audio, speech_end, live=False)
+                await self._promote(turn)
+            await self._end_utterance()
+
+    def _open_turn(self, replaces: int | None = None) -> None:
+        """The user started speaking: a new turn listens."""
+        if self.current is not None and self.current.open:
+            self.current.end(TurnState.DROPPED)
+            asyncio.create_task(self.current.cancel())
+        self._turn_ids += 1
+        self.current = Turn(self._turn_ids, self.deps, replaces=replaces)
+
+    def _speculate(self, audio: np.ndarray, speech_end: float, live: bool = True) -> None:
+        """A pause: the current turn computes its answer, output held (confirmed or dropped later)."""
+        turn = self.current
+        if turn is None or turn.state != TurnState.LISTENING:
+            return
+
+        async def transcribe() -> str:
+            text = await self.live.transcript() if live and self.live is not None else None
+            return text if text is not None else await self.deps.stt.transcribe(audio)  # batch: the stream broke
+
+        turn.speculate(speech_end, lambda: self._run(turn, transcribe))
+
+    async def _end_utterance(self) -> None:
+        if self.live is not None:
+            await self.live.end_utterance()
 
     def _barge(self, onset: float) -> None:
         """Speech while we talk; with `_early` set it continues the utterance we answered early."""
@@ -182,12 +292,23 @@ class Session:
         self._barge_onset = onset
 
     async def _merge_early(self) -> None:
-        """The user had not finished after all: forget the early answer; their turn goes on."""
+        """The user had not finished after all: forget the early answer; their turn goes on,
+        as a new turn whose transcript `replaces` the early one's."""
         early, self._early = self._early, None
-        if early is not None and self.speaking():
+        if early is None:
+            return
+        if self.speaking():
             await self.interrupt(merged=True)
-        elif early is not None:
+        else:
+            early.end(TurnState.MERGED)
+            early.record("merged")
             self._forget(early)
+        self._open_turn(replaces=early.id)
+
+    def _silence(self) -> float:
+        """Silence at the end of the open utterance, counting the time no audio has arrived."""
+        stalled = time.perf_counter() - self._last_audio
+        return self.detector.silence + (stalled if stalled > STALL_SLACK else 0.0)
 
     async def _check_progress(self) -> None:
         """Time-based decisions that are not detector events."""
@@ -195,7 +316,7 @@ class Session:
         if self._utterance == "barge" and det.in_speech and det.silence == 0.0 and det.time - self._barge_onset >= self.cfg.backchannel_max:
             if self.speaking() and self.echo.is_echo():
                 self._utterance = "ignored"
-                log.info("session %s: speech follows our own playback: echo, ignored", self.id)
+                log.info("speech follows our own playback: echo, ignored")
             else:
                 self._utterance = "normal"
                 if self._early is not None:  # the user went on after an early answer: one turn
@@ -203,8 +324,15 @@ class Session:
                 else:
                     await self.send(SpeechStart().dump())
                     await self.interrupt()
-        p = self.pending
-        if p is not None and p.judged.is_set() and self._reads_finished(p) and det.silence >= self.cfg.confirm_silence:
+                    self._open_turn()
+        p = self.current
+        if p is None or not det.in_speech:
+            return
+        silence = self._silence()
+        stalled = silence >= det.cfg.max_silence_duration  # the client stopped sending: the utterance is over
+        if stalled and p.state == TurnState.LISTENING:  # it stopped mid-word: no pause was ever seen
+            self._speculate(det.utterance_since(0), time.perf_counter() - silence)
+        if p.state == TurnState.SPECULATING and (stalled or (p.judged.is_set() and self._reads_finished(p) and silence >= self.cfg.confirm_silence)):
             self._early = p  # promoted before the detector closed the utterance
             await self._promote(p)
 
@@ -218,7 +346,14 @@ class Session:
     async def on_text(self, msg: object) -> None:
         if isinstance(msg, TranscriptIn):
             await self.interrupt()
-            await self._start_turn(None, time.perf_counter(), confirmed=True, text=msg.text)
+            self._turn_ids += 1
+            typed = Turn(self._turn_ids, self.deps, text=msg.text)
+
+            async def transcribe() -> str:
+                return msg.text
+
+            typed.speculate(time.perf_counter(), lambda: self._run(typed, transcribe))
+            await self._promote(typed)
         elif isinstance(msg, PlaybackIn):
             for t in (self.active, self.last_turn):
                 if t is not None and t.id == msg.turn_id and not t.interrupted:
@@ -237,39 +372,31 @@ class Session:
                 if self.detector.in_speech:
                     await self.error("config_deferred", "speech detector settings change between utterances; try again")
                 else:
-                    self.detector = make_detector(self.cfg, self.agent.speechDetector, msg.speechDetector)
+                    self.detector = await new_detector(self.cfg, self.agent.speechDetector, msg.speechDetector)
+                    self._neural = not isinstance(self.detector.clf, EnergyClassifier)
 
     # ------------------------------------------------------------------ turns
 
     def _messages(self, user: str) -> list[dict[str, str]]:
         return [*self.history.messages(self.system), {"role": "user", "content": user}]
 
-    async def _start_turn(self, audio: np.ndarray | None, speech_end: float, confirmed: bool, text: str | None = None) -> None:
-        if self.pending is not None:
-            await self._cancel(self.pending)
-        self._turn_ids += 1
-        turn = Turn(self._turn_ids, self.deps, speech_end, audio=audio, text=text)
-        turn.task = asyncio.create_task(self._run(turn))
-        self.pending = turn
-        if confirmed:
-            await self._promote(turn)
-        # else: _check_progress, run on every audio frame, confirms it when the user stays silent
-
     async def _promote(self, turn: Turn) -> None:
-        """The user finished: the pending turn becomes the active one and releases its output."""
-        self.pending = None
+        """The user finished: the speculating turn becomes the active one and releases its output."""
+        if self.current is turn:
+            self.current = None
         if self.active is not None and self.active is not turn:
             await self.interrupt()
         self.active = turn
         await turn.confirm()
-        if turn.task is not None and turn.task.done():
+        if turn.task is None or turn.task.done():
             self._finish(turn)
 
-    async def _run(self, turn: Turn) -> None:
+    async def _run(self, turn: Turn, transcribe: Callable[[], Awaitable[str]]) -> None:
+        TURN_LOG.set(turn.id)  # this task's own context: every line it logs names the turn
         try:
-            await turn.run(self._messages)
+            await turn.run(transcribe, self._messages)
         except Exception:  # a bug must not leave the session "speaking" forever
-            log.exception("session %s: turn %d crashed", self.id, turn.id)
+            log.exception("turn %d crashed", turn.id)
             await self.error("internal", "this turn failed; please say it again")
         if self.active is turn:
             self._finish(turn)
@@ -277,6 +404,8 @@ class Session:
     def _finish(self, turn: Turn) -> None:
         if turn.transcript and turn.finished:
             self._remember(turn, turn.reply.strip())
+        turn.mark_done()
+        turn.record("done" if turn.finished else "failed")
         if self.active is turn:
             self.active = None
         self.last_turn = turn
@@ -295,12 +424,6 @@ class Session:
             else:
                 self.history.replace_last_reply(heard)
 
-    async def _cancel(self, turn: Turn) -> None:
-        if turn.task is not None and not turn.task.done():
-            turn.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await turn.task
-
     async def interrupt(self, merged: bool = False) -> None:
         """Barge-in: stop generation and speech now; keep in memory only what was heard.
 
@@ -309,14 +432,16 @@ class Session:
         turn = self.active or (self.last_turn if time.perf_counter() < self._play_until else None)
         if turn is None or turn.interrupted:
             return
-        turn.interrupted = True  # from here on the turn sends nothing more
+        turn.end(TurnState.MERGED if merged else TurnState.INTERRUPTED)  # from here on it sends nothing more
         unplayed = max(0.0, self._play_until - time.perf_counter())
         sent_ms = turn.sent_samples / OUT_RATE * 1000
         played_ms = turn.played_ms if turn.played_ms is not None else max(0.0, sent_ms - unplayed * 1000)
         self._play_until = 0.0
+        INTERRUPTIONS.inc()
+        turn.record("merged" if merged else "interrupted")
         await self.send(Interrupted(turn_id=turn.id, played_ms=round(played_ms, 1)).dump())
         await self.send(turn.metrics())  # the timings of a cut turn are worth as much as any
-        await self._cancel(turn)
+        await turn.cancel()
         heard = turn.spoken_text(int(played_ms / 1000 * OUT_RATE))
         if merged:
             self._forget(turn)
@@ -327,11 +452,17 @@ class Session:
         if self.active is turn:
             self.active = None
         self.last_turn = turn
-        log.info("session %s: turn %d interrupted after %.0f ms of audio", self.id, turn.id, played_ms)
+        log.info("turn %d interrupted after %.0f ms of audio", turn.id, played_ms)
 
     async def close(self) -> None:
         self._closed = True
-        turns, self.pending, self.active = (self.pending, self.active), None, None
+        if self._timer is not None and self._timer is not asyncio.current_task():
+            self._timer.cancel()
+        turns, self.current, self.active = (self.current, self.active), None, None
         for t in turns:
             if t is not None:
-                await self._cancel(t)
+                if t.open:
+                    t.end(TurnState.DROPPED)
+                await t.cancel()
+        if self.live is not None:
+            await self.live.close()

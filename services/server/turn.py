@@ -13,16 +13,20 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
 
 import numpy as np
 
 from shared.audio import OUT_RATE, float_to_f32le
 from shared.clients import ChatClient, SttClient, TtsStream, UpstreamError
 from shared.logs import user_text
+from shared.metrics import SESSION_ERRORS, TURN_STAGE, TURNS
 from shared.protocol import AudioChunk, ErrorOut, Metrics, ResponseText, TranscriptOut, TtsStreamEnd
 from shared.protocol import TtsStream as TtsStreamMsg
+from shared.replicas import Replicas
 from shared.text_chunker import TextChunker
 
 log = logging.getLogger("server.turn")
@@ -51,7 +55,7 @@ def usable_transcript(text: str) -> bool:
 class TurnDeps:
     stt: SttClient
     chat: ChatClient
-    tts_url: str
+    tts: Replicas
     send: Callable[[Payload], Awaitable[None]]  # the session's ordered outbox
     on_audio_sent: Callable[[np.ndarray], None]  # audio released to the client (play clock, echo reference)
     binary_audio: bool
@@ -66,30 +70,109 @@ class Piece:
     samples: int = 0
 
 
+class TurnState(StrEnum):
+    LISTENING = "listening"  # the user is speaking; live captions
+    SPECULATING = "speculating"  # the user paused: the answer is computed, its output held
+    CONFIRMED = "confirmed"  # the user finished: output is released as it comes
+    SPEAKING = "speaking"  # audio of the answer has gone out
+    DONE = "done"  # everything was sent (the client may still be playing it)
+    INTERRUPTED = "interrupted"  # the user spoke over the answer: cut, what was heard is kept
+    MERGED = "merged"  # the user had not finished: forgotten, a later turn `replaces` it
+    DROPPED = "dropped"  # never confirmed (the session ended, or nothing usable was said)
+
+
+_NEXT: dict[TurnState, set[TurnState]] = {
+    TurnState.LISTENING: {TurnState.SPECULATING, TurnState.DROPPED},
+    TurnState.SPECULATING: {TurnState.LISTENING, TurnState.CONFIRMED, TurnState.DROPPED},
+    TurnState.CONFIRMED: {TurnState.SPEAKING, TurnState.DONE, TurnState.INTERRUPTED, TurnState.MERGED},
+    TurnState.SPEAKING: {TurnState.DONE, TurnState.INTERRUPTED, TurnState.MERGED},
+    TurnState.DONE: {TurnState.INTERRUPTED, TurnState.MERGED},  # its audio may still be playing
+}
+_ENDED = {TurnState.INTERRUPTED, TurnState.MERGED, TurnState.DROPPED}
+
+
 class Turn:
-    def __init__(self, turn_id: int, deps: TurnDeps, speech_end: float, *, audio: np.ndarray | None = None, text: str | None = None) -> None:
+    """One user turn, from its first word to the end of the answer: an explicit state machine.
+
+    The turn is created when the user starts speaking (LISTENING). At each pause it
+    speculates: transcript, chat and TTS run with their output held; if the user goes on,
+    that work is dropped and the turn listens again, keeping its id. Confirmation releases
+    the held output; the session only asks the turn to change state, never sets its fields."""
+
+    def __init__(self, turn_id: int, deps: TurnDeps, *, text: str | None = None, replaces: int | None = None) -> None:
         self.id = turn_id
         self.deps = deps
-        self.audio = audio
-        self.transcript = text
+        self.typed = text
+        self.replaces = replaces
+        self.state = TurnState.LISTENING
+        self.played_ms: float | None = None  # from client acks
+        self.in_history = False  # the session remembered this turn
+        self._recorded = False
+        self._lock = asyncio.Lock()
+        self.task: asyncio.Task[None] | None = None
+        self._fresh(time.perf_counter())
+
+    def _fresh(self, speech_end: float) -> None:
+        """What one speculation computes; dropped when the user goes on."""
         self.speech_end = speech_end  # wall clock (perf_counter) of the user's last voiced sample
+        self.transcript = self.typed
         self.marks: dict[str, float] = {}
         self.pieces: list[Piece] = []
         self.reply = ""
         self.sent_samples = 0
-        self.played_ms: float | None = None  # from client acks
-        self.confirmed = False
         self.end_of_turn: float | None = None  # chat engine's P(the user's sentence is finished)
         self.judged = asyncio.Event()  # transcript and end-of-turn estimate known (or unavailable)
         self.finished = False
-        self.interrupted = False
-        self.in_history = False  # the session remembered this turn
         self._pending: list[tuple[Payload, np.ndarray | None]] = []  # held until confirmed: (payload, its audio)
         self._ended = 0  # TTS pieces fully received
-        self._lock = asyncio.Lock()
         self._seq = 0
-        self.task: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ state
+
+    def advance(self, new: TurnState) -> None:
+        if new not in _NEXT.get(self.state, set()):
+            raise RuntimeError(f"turn {self.id}: {self.state} -> {new} is not a transition")
+        log.debug("turn %d: %s -> %s", self.id, self.state, new)
+        self.state = new
+
+    @property
+    def confirmed(self) -> bool:
+        return self.state in (TurnState.CONFIRMED, TurnState.SPEAKING, TurnState.DONE)
+
+    @property
+    def interrupted(self) -> bool:
+        """Cut or forgotten: nothing more of this turn may reach the client."""
+        return self.state in _ENDED
+
+    @property
+    def open(self) -> bool:
+        """Still part of the user's utterance (not yet confirmed)."""
+        return self.state in (TurnState.LISTENING, TurnState.SPECULATING)
+
+    def speculate(self, speech_end: float, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """The user paused: `work` (the session's wrapper around run()) computes the answer
+        now, its output held until confirm()."""
+        self.advance(TurnState.SPECULATING)
+        self._fresh(speech_end)
         self.mark("created")
+        self.task = asyncio.create_task(work())
+
+    async def listen_again(self) -> None:
+        """The user goes on: forget the speculative answer; the turn keeps listening."""
+        await self.cancel()
+        self.advance(TurnState.LISTENING)
+
+    async def cancel(self) -> None:
+        task, self.task = self.task, None
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def end(self, state: TurnState) -> None:
+        """INTERRUPTED, MERGED or DROPPED (idempotent: a turn ends once)."""
+        if self.state not in _ENDED:
+            self.advance(state)
 
     # ------------------------------------------------------------------ output gating
 
@@ -108,6 +191,8 @@ class Turn:
             return  # `interrupted` went out: nothing of this turn may follow it
         await self.deps.send(payload)
         if audio is not None and not self.interrupted:
+            if self.state == TurnState.CONFIRMED:
+                self.advance(TurnState.SPEAKING)
             self.mark("first_audio_sent")
             self.sent_samples += len(audio)
             self.deps.on_audio_sent(audio)
@@ -115,48 +200,63 @@ class Turn:
     async def confirm(self) -> None:
         """The user's turn is over: release everything held back, and stream from now on."""
         async with self._lock:
-            if self.confirmed:
+            if self.state != TurnState.SPECULATING:
                 return
             self.mark("confirmed")
+            self.advance(TurnState.CONFIRMED)
             for payload, audio in self._pending:
                 await self._send(payload, audio)
             self._pending.clear()
-            self.confirmed = True
             if self.finished:
+                self.mark_done()
                 await self._send(self.metrics(), None)
+
+    def mark_done(self) -> None:
+        """Everything the turn had was sent (it may have had nothing: no usable words)."""
+        if self.state in (TurnState.CONFIRMED, TurnState.SPEAKING):
+            self.advance(TurnState.DONE)
 
     def metrics(self) -> str:
         return Metrics(turn_id=self.id, stages={k: round(v, 1) for k, v in self.marks.items()}).dump()
 
+    def record(self, outcome: str) -> None:
+        """Into the Prometheus metrics, once: how the turn ended and when each stage came."""
+        if self._recorded:
+            return
+        self._recorded = True
+        TURNS.labels(outcome=outcome).inc()
+        for stage, ms in self.marks.items():
+            TURN_STAGE.labels(stage=stage).observe(max(ms, 0.0) / 1000)
+
     # ------------------------------------------------------------------ pipeline
 
-    async def run(self, messages: Callable[[str], list[dict[str, str]]]) -> None:
+    async def run(self, transcribe: Callable[[], Awaitable[str]], messages: Callable[[str], list[dict[str, str]]]) -> None:
         tts: TtsStream | None = None
-        connect = asyncio.create_task(TtsStream.connect(self.deps.tts_url))  # in parallel with STT
+        connect = asyncio.create_task(TtsStream.connect(self.deps.tts))  # in parallel with STT
         try:
             if self.transcript is None:
-                assert self.audio is not None
-                self.transcript = await self.deps.stt.transcribe(self.audio)
+                self.transcript = await transcribe()
             self.mark("stt")
             if not usable_transcript(self.transcript):
                 return
-            await self.emit(TranscriptOut(turn_id=self.id, text=self.transcript).dump())
+            await self.emit(TranscriptOut(turn_id=self.id, text=self.transcript, replaces=self.replaces).dump())
             try:
                 tts = await connect
             except UpstreamError as exc:  # no voice, but the user still gets the text
                 log.warning("turn %d: %s; answering in text only", self.id, exc)
-                await self.emit(ErrorOut(code="tts_failed", message=f"{exc}; answering in text only", recoverable=True).dump())
+                await self.emit(_error("tts_failed", f"{exc.message}; answering in text only"))
             await self._reply(tts, messages(self.transcript))
             await self.emit(TtsStreamEnd(turn_id=self.id).dump())
             self.mark("done")
             self.finished = True
             async with self._lock:
                 if self.confirmed:  # else confirm() sends them, with the release time in
+                    self.mark_done()
                     await self._send(self.metrics(), None)
             log.info("turn %d: %s -> %s | %s", self.id, user_text(self.transcript), user_text(self.reply), _fmt(self.marks))
         except UpstreamError as exc:
             log.warning("turn %d failed: %s", self.id, exc)
-            await self.emit(ErrorOut(code=f"{exc.service}_failed", message=str(exc), recoverable=True).dump())
+            await self.emit(_error(f"{exc.service}_failed", exc.message))
             await self.emit(TtsStreamEnd(turn_id=self.id).dump())
         finally:
             self.judged.set()
@@ -164,8 +264,9 @@ class Turn:
             if tts is None and connect.done() and not connect.cancelled() and connect.exception() is None:
                 tts = connect.result()
             if tts is not None:
-                with contextlib.suppress(Exception):
-                    await tts.close()
+                # Closing is the cancel; do not wait for a slow peer here: a barge-in
+                # awaits this task on the session's input path.
+                _close_later(tts)
 
     async def _reply(self, tts: TtsStream | None, messages: list[dict[str, str]]) -> None:
         chunker = TextChunker(first_max_words=self.deps.first_chunk_max_words)
@@ -221,7 +322,8 @@ class Turn:
                 await self.emit(self._audio_payload(ev), audio=ev)
                 continue
             if ev.get("type") == "error":
-                await self.emit(ErrorOut(code="tts_failed", message=str(ev.get("message")), recoverable=True).dump())
+                log.warning("turn %d: TTS error: %s", self.id, ev.get("message"))
+                await self.emit(_error("tts_failed", str(ev.get("message", "speech synthesis failed"))[:200]))
             if ev.get("type") in ("end", "error"):
                 self._ended += 1
                 if chat_done() and self._ended >= len(self.pieces):
@@ -251,6 +353,24 @@ class Turn:
                 out.append(" ".join(words[: int(len(words) * left / max(p.samples, 1))]))
             left -= p.samples
         return " ".join(w for w in out if w).strip()
+
+
+_closing: set[asyncio.Task[None]] = set()
+
+
+def _close_later(tts: TtsStream) -> None:
+    async def close() -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(tts.close(), 5.0)
+
+    task = asyncio.create_task(close())
+    _closing.add(task)  # keep a reference until it is done
+    task.add_done_callback(_closing.discard)
+
+
+def _error(code: str, message: str) -> str:
+    SESSION_ERRORS.labels(code=code).inc()
+    return ErrorOut(code=code, message=message, recoverable=True).dump()
 
 
 def _fmt(marks: dict[str, float]) -> str:

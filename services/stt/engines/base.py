@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Segment:
+    start: float  # seconds
+    end: float
+    text: str
 
 
 @dataclass(frozen=True)
@@ -12,6 +19,7 @@ class Transcript:
     language: str
     duration: float  # seconds of audio
     dropped_segments: int = 0  # segments rejected as likely hallucinations
+    segments: list[Segment] = field(default_factory=list)
 
 
 class SttEngine(ABC):
@@ -21,5 +29,5 @@ class SttEngine(ABC):
     def load(self) -> None: ...
 
     @abstractmethod
-    def transcribe(self, audio, language: str | None = None) -> Transcript:  # type: ignore[no-untyped-def]
-        """Transcribe 16 kHz mono float32 audio."""
+    def transcribe(self, audio, language: str | None = None, prompt: str | None = None, temperature: float = 0.0) -> Transcript:  # type: ignore[no-untyped-def]
+        """Transcribe 16 kHz mono float32 audio; `prompt` is prior text that conditions the decoder."""

@@ -5,20 +5,38 @@ Short utterances take a fast path: faster-whisper always pads the encoder input 
 turn (encoder ~220 ms vs ~20 ms on 2 cores). We run the same CTranslate2 model on a
 window sized to the utterance plus `WINDOW_PAD` of silence, which Whisper needs to
 stay stable (with no padding it loops on the last phrase), and cap the decoded length.
+
+The streaming transcriber (services/stt/streaming.py) uses the same window through
+`decode_window`: prior text as the prompt, already committed tokens as a forced
+prefix (one batched decoder step, so only the uncommitted tail is generated), and
+optionally word times from cross-attention (`model.align`) to trim its buffer.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from services.stt.engines.base import SttEngine, Transcript
+from services.stt.engines.base import Segment, SttEngine, Transcript
 from shared.audio import STT_RATE
 from shared.config import SttSettings
 
 WINDOW_PAD = 5.0  # seconds of silence after the speech inside the encoder window
 MAX_FAST = 27.0  # longer audio goes through faster-whisper's own 30 s windowing
+MAX_CONTEXT = 100  # prompt tokens of prior text (faster-whisper allows 223; shorter prefills faster)
+MAX_LENGTH = 448  # Whisper's decoder positions: prompt + prefix + generated
+
+
+@dataclass(frozen=True)
+class WindowDecode:
+    """One decode of a window: the generated tokens after the forced prefix."""
+
+    ids: list[int]
+    rejected: bool  # Whisper's own no-speech / low-confidence guard fired
+    looped: bool  # still repeating itself after the 30 s retry
+    word_ends: list[tuple[int, float, float]] | None = None  # per word of prefix + ids: (tokens, start s, end s)
 
 
 def bundled_model_path() -> str:
@@ -50,48 +68,93 @@ class FasterWhisperEngine(SttEngine):
         )
         self.transcribe(np.zeros(STT_RATE, np.float32))  # warm-up: first call allocates
 
-    def _tokenizer(self, language: str):  # type: ignore[no-untyped-def]
-        if language not in self._tokenizers:
-            self._tokenizers[language] = self._make_tokenizer(language)
-        return self._tokenizers[language]
+    def tokenizer(self, language: str | None):  # type: ignore[no-untyped-def]
+        lang = (language or self.cfg.language).split("-")[0].lower()  # en-US -> en: Whisper knows base codes
+        if lang not in self._tokenizers:
+            self._tokenizers[lang] = self._make_tokenizer(lang)
+        return self._tokenizers[lang]
 
-    def transcribe(self, audio: np.ndarray, language: str | None = None) -> Transcript:
+    def transcribe(self, audio: np.ndarray, language: str | None = None, prompt: str | None = None, temperature: float = 0.0) -> Transcript:
         assert self.model is not None, "load() first"
         duration = len(audio) / STT_RATE
-        lang = language or self.cfg.language
+        lang = (language or self.cfg.language).split("-")[0].lower()
         if duration > MAX_FAST:
-            return self._long(audio, lang)
+            return self._long(audio, lang, prompt, temperature)
+        tok = self.tokenizer(lang)
+        context = tok.encode(" " + prompt.strip()) if prompt and prompt.strip() else []
+        d = self.decode_window(audio, lang, context, [], temperature=temperature)
+        if d.rejected:
+            return Transcript("", lang, duration, dropped_segments=1)
+        text = tok.decode(d.ids).strip()
+        return Transcript(text, lang, duration, segments=[Segment(0.0, round(duration, 3), text)] if text else [])
+
+    def decode_window(
+        self, audio: np.ndarray, language: str | None, context: list[int], prefix: list[int],
+        temperature: float = 0.0, align: bool = False,
+    ) -> WindowDecode:
+        """Decode `audio` (<= MAX_FAST s) after `context` tokens (prompt), forcing `prefix` tokens first."""
+        assert self.model is not None, "load() first"
+        duration = len(audio) / STT_RATE
         fe = self.model.feature_extractor
         feats = fe(audio)[:, : int(duration * fe.sampling_rate / fe.hop_length)]
-        tok = self._tokenizer(lang)
+        tok = self.tokenizer(language)
+        prompt = ([tok.sot_prev, *context[-MAX_CONTEXT:]] if context else []) + [*tok.sot_sequence, tok.no_timestamps, *prefix]
         frames = min(fe.nb_max_frames, int((duration + WINDOW_PAD) * 100) // 100 * 100 + 100)
-        res = self._decode(feats, frames, tok, duration)
-        ids = [t for t in res.sequences_ids[0] if t < tok.eot]
-        if _looped(ids) and frames < fe.nb_max_frames:
+        enc = self._encode(feats, frames)
+        res = self._generate(enc, prompt, duration, temperature)
+        ids = self._new_ids(res, prompt, tok)
+        looped = _looped(prefix + ids)
+        if looped and frames < fe.nb_max_frames:
             # a short window occasionally makes Whisper repeat itself; the full 30 s window does not
-            res = self._decode(feats, fe.nb_max_frames, tok, duration)
-            ids = [t for t in res.sequences_ids[0] if t < tok.eot]
-        text = tok.decode(ids).strip()
-        if self._hallucinated(res.no_speech_prob, res.scores[0]):
-            return Transcript("", lang, duration, dropped_segments=1)
-        return Transcript(text, lang, duration)
+            frames = fe.nb_max_frames
+            enc = self._encode(feats, frames)
+            res = self._generate(enc, prompt, duration, temperature)
+            ids = self._new_ids(res, prompt, tok)
+            looped = _looped(prefix + ids)
+        rejected = self._hallucinated(res.no_speech_prob, res.scores[0])
+        # Align the whole text, tail included: a monotonic alignment of the prefix alone would
+        # stretch its last words over the audio still to be transcribed.
+        words = self._word_times(enc, tok, prefix + ids, feats.shape[1]) if align and prefix and not (rejected or looped) else None
+        return WindowDecode(ids, rejected, looped, words)
 
-    def _decode(self, feats: np.ndarray, frames: int, tok, duration: float):  # type: ignore[no-untyped-def]
+    def _encode(self, feats: np.ndarray, frames: int):  # type: ignore[no-untyped-def]
         import ctranslate2
 
-        assert self.model is not None
         window = np.zeros((1, feats.shape[0], frames), np.float32)
         window[0, :, : min(frames, feats.shape[1])] = feats[:, :frames]
-        enc = self.model.model.encode(ctranslate2.StorageView.from_array(window), to_cpu=False)
+        return self.model.model.encode(ctranslate2.StorageView.from_array(window), to_cpu=False)
+
+    def _generate(self, enc, prompt: list[int], duration: float, temperature: float):  # type: ignore[no-untyped-def]
+        sampling = {"sampling_topk": 0, "sampling_temperature": temperature} if temperature > 0 else {}
         return self.model.model.generate(
             enc,
-            [[*tok.sot_sequence, tok.no_timestamps]],
-            beam_size=self.cfg.beam_size,
-            max_length=min(224, int(8 * duration) + 16),  # fast speech is ~4-5 tokens/s
+            [prompt],
+            beam_size=1 if temperature > 0 else self.cfg.beam_size,
+            # fast speech is ~4-5 tokens/s; the limit counts the prompt too
+            max_length=min(MAX_LENGTH, len(prompt) + int(8 * duration) + 16),
             return_scores=True,
             return_no_speech_prob=True,
             suppress_blank=True,
+            **sampling,
         )[0]
+
+    @staticmethod
+    def _new_ids(res, prompt: list[int], tok) -> list[int]:  # type: ignore[no-untyped-def]
+        seq = res.sequences_ids[0]
+        forced = len(prompt) - prompt.index(tok.no_timestamps) - 1  # the prefix comes back in the result
+        return [t for t in seq[forced:] if t < tok.eot]
+
+    def _word_times(self, enc, tok, ids: list[int], num_frames: int) -> list[tuple[int, float, float]]:  # type: ignore[no-untyped-def]
+        """(tokens, start s, end s) per word of `ids`, a word being a token that starts with a space and
+        what follows it (punctuation included); times as faster-whisper's find_alignment, on our window."""
+        res = self.model.model.align(enc, tok.sot_sequence, [ids], num_frames, median_filter_width=7)[0]
+        text_idx = np.array([p[0] for p in res.alignments])
+        time_idx = np.array([p[1] for p in res.alignments])
+        jumps = np.pad(np.diff(text_idx), (1, 0), constant_values=1).astype(bool)
+        times = list(time_idx[jumps] / 50.0)  # time each token starts; 50 encoder frames per second
+        starts = [i for i, t in enumerate(ids) if i == 0 or tok.decode([t]).startswith(" ")] + [len(ids)]
+        at = lambda i: float(times[min(i, len(times) - 1)]) if times else 0.0  # noqa: E731
+        return [(b - a, at(a), at(b)) for a, b in zip(starts, starts[1:], strict=False)]
 
     def _hallucinated(self, no_speech_prob: float, avg_logprob: float) -> bool:
         """Whisper's own guard: likely silence and not confidently decoded, or very unsure."""
@@ -100,24 +163,25 @@ class FasterWhisperEngine(SttEngine):
             return True
         return avg_logprob < cfg.logprob_threshold - 0.5
 
-    def _long(self, audio: np.ndarray, language: str) -> Transcript:
+    def _long(self, audio: np.ndarray, language: str, prompt: str | None, temperature: float) -> Transcript:
         assert self.model is not None
         segments, info = self.model.transcribe(
             audio,
             language=language if self.model.model.is_multilingual else None,
             beam_size=self.cfg.beam_size,
             condition_on_previous_text=False,
-            without_timestamps=True,
+            initial_prompt=prompt or None,
             vad_filter=False,
-            temperature=0.0,
+            temperature=temperature,
         )
         kept, dropped = [], 0
         for seg in segments:
             if self._hallucinated(seg.no_speech_prob, seg.avg_logprob):
                 dropped += 1
-            else:
-                kept.append(seg.text.strip())
-        return Transcript(" ".join(t for t in kept if t), info.language, len(audio) / STT_RATE, dropped)
+            elif seg.text.strip():
+                kept.append(Segment(round(seg.start, 3), round(seg.end, 3), seg.text.strip()))
+        text = " ".join(s.text for s in kept)
+        return Transcript(text, info.language, len(audio) / STT_RATE, dropped, kept)
 
 
 def _looped(ids: list[int], min_len: int = 3) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator
 
@@ -13,17 +14,26 @@ import websockets
 from services.tts.engines.base import TtsEngine
 from shared.audio import OUT_RATE
 from shared.config import TtsSettings
+from shared.protocol import VOICE_ID_PATTERN, VoiceInfo
 from shared.service import ServiceError
 
 API_VERSION = "2024-06-10"
 
 
 class CartesiaEngine(TtsEngine):
+    name = "cartesia"
     sample_rate = OUT_RATE  # we ask for 24 kHz float32, so no resampling is needed
 
     def __init__(self, cfg: TtsSettings) -> None:
         self.cfg = cfg
         self.key = cfg.cartesia_api_key.get_secret_value()
+
+    def voices(self) -> list[VoiceInfo]:
+        """The configured voice id (the catalog's only Cartesia voice), once the key is set."""
+        vid = self.cfg.cartesia_voice_id
+        if not self.key or not re.fullmatch(VOICE_ID_PATTERN, vid):
+            return []
+        return [VoiceInfo(id=vid, name=f"Cartesia {vid}", engine=self.name, language="en", sample_rate=OUT_RATE)]
 
     async def load(self) -> None:
         if not self.key or not self.cfg.cartesia_voice_id:

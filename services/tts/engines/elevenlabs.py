@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import AsyncIterator
 
 import numpy as np
@@ -12,17 +13,26 @@ import websockets
 from services.tts.engines.base import TtsEngine
 from shared.audio import OUT_RATE, pcm16_to_float
 from shared.config import TtsSettings
+from shared.protocol import VOICE_ID_PATTERN, VoiceInfo
 from shared.service import ServiceError
 
 MODEL = "eleven_flash_v2_5"
 
 
 class ElevenLabsEngine(TtsEngine):
+    name = "elevenlabs"
     sample_rate = OUT_RATE  # output_format=pcm_24000: 16-bit PCM at 24 kHz
 
     def __init__(self, cfg: TtsSettings) -> None:
         self.cfg = cfg
         self.key = cfg.elevenlabs_api_key.get_secret_value()
+
+    def voices(self) -> list[VoiceInfo]:
+        """The configured voice id (the catalog's only ElevenLabs voice), once the key is set."""
+        vid = self.cfg.elevenlabs_voice_id
+        if not self.key or not re.fullmatch(VOICE_ID_PATTERN, vid):
+            return []
+        return [VoiceInfo(id=vid, name=f"ElevenLabs {vid}", engine=self.name, language="en", sample_rate=OUT_RATE)]
 
     async def load(self) -> None:
         if not self.key or not self.cfg.elevenlabs_voice_id:

@@ -1,0 +1,142 @@
+"""The chat service alone (real Gemma 3 270M): context overflow and request validation
+answer 4xx in the common error shape, never a 500 or a broken stream; /load and metrics."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.conftest import BASE_PORT, OUTPUT, ROOT, wait_ready
+
+pytestmark = pytest.mark.e2e
+CONTEXT = 2048
+WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "seven", "bright", "stars", "shine", "above", "old", "towns"]
+
+
+def start_chat(port: int, log_name: str, parallel: int = 4) -> tuple[subprocess.Popen, str]:
+    """The chat service alone on loopback, as the launcher runs it."""
+    env = {**os.environ, "CHAT_PORT": str(port), "CHAT_HOST": "127.0.0.1", "CHAT_PARALLEL": str(parallel),
+           "CHAT_N_CTX": str(CONTEXT), "API_KEYS": ""}
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    with open(OUTPUT / log_name, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "services.chat.app:app", "--host", "127.0.0.1",
+                                 "--port", str(port), "--log-level", "warning"], cwd=ROOT, env=env,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, 120, proc)
+    except BaseException:
+        stop_chat(proc)
+        raise
+    return proc, url
+
+
+def stop_chat(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def chat() -> Iterator[str]:
+    proc, url = start_chat(BASE_PORT + 2, "chat-limits.log")
+    try:
+        yield url
+    finally:
+        stop_chat(proc)
+
+
+def long_text(n_words: int) -> str:
+    return " ".join(WORDS[i % len(WORDS)] for i in range(n_words))
+
+
+def overflowing() -> list[dict[str, str]]:
+    # ~2250 words in three messages of under 8000 characters: well over 2048 tokens
+    turn = [{"role": "user", "content": long_text(750)}, {"role": "assistant", "content": "Okay."}]
+    return [*turn, *turn, turn[0]]
+
+
+def complete(url: str, body: dict) -> httpx.Response:
+    return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
+
+
+def test_context_overflow_is_400_with_token_counts(chat):
+    r = complete(chat, {"messages": overflowing(), "max_tokens": 60})
+    assert r.status_code == 400, r.text
+    body = r.json()
+    assert body["retryable"] is False
+    assert body["context_tokens"] == CONTEXT and body["max_tokens"] == 60
+    assert body["prompt_tokens"] > CONTEXT
+    assert body["error"] == (f"prompt is {body['prompt_tokens']} tokens; this model's context is {CONTEXT} "
+                             "(reply needs up to 60 more)")
+
+
+def test_streaming_overflow_is_400_before_the_stream(chat):
+    """Documented behaviour: the prompt is tokenized and checked before any SSE byte is sent."""
+    with httpx.stream("POST", f"{chat}/v1/chat/completions", json={"messages": overflowing(), "stream": True},
+                      timeout=60) as r:
+        r.read()
+    assert r.status_code == 400
+    assert r.headers["content-type"].startswith("application/json")
+    assert r.json()["prompt_tokens"] > CONTEXT
+
+
+def test_reply_budget_counts_towards_the_context(chat):
+    r = complete(chat, {"messages": [{"role": "user", "content": "Hello."}], "max_tokens": 4000})
+    assert r.status_code == 400
+    body = r.json()
+    assert body["prompt_tokens"] < CONTEXT and body["max_tokens"] == 4000
+    assert "reply needs up to 4000 more" in body["error"]
+
+
+@pytest.mark.parametrize("body", [
+    {"messages": []},
+    {"messages": [{"role": "robot", "content": "hi"}]},
+    {"messages": [{"role": "user"}]},
+    {"messages": [{"role": "user", "content": "x" * 8001}]},
+    {"messages": [{"role": "user", "content": "hi"}] * 201},
+    {"messages": "hello"},
+    {"messages": [{"role": "user", "content": "hi"}], "temperature": -1},
+    {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0},
+    {"messages": [{"role": "user", "content": "hi"}], "stop": ["a", "b", "c", "d", "e"]},
+    {"messages": [{"role": "user", "content": "hi"}], "stop": ""},
+    {"messages": [{"role": "user", "content": "hi"}], "model": "m" * 201},
+    {},
+], ids=["no-messages", "bad-role", "no-content", "long-content", "too-many", "not-a-list", "temperature",
+        "max-tokens", "too-many-stops", "empty-stop", "long-model", "empty"])
+def test_invalid_fields_are_4xx_in_the_error_shape(chat, body):
+    for stream in (False, True):
+        r = complete(chat, {**body, "stream": stream})
+        assert r.status_code == 422, r.text
+        err = r.json()
+        assert err["retryable"] is False and isinstance(err["error"], str) and err["error"]
+
+
+def test_malformed_json_is_4xx(chat):
+    r = httpx.post(f"{chat}/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
+    assert 400 <= r.status_code < 500 and r.json()["retryable"] is False
+
+
+def test_stop_sequence_is_cut_from_the_reply(chat):
+    body = {"messages": [{"role": "user", "content": "Can you tell me the capital of France?"}], "temperature": 0}
+    full = complete(chat, body).json()["choices"][0]["message"]["content"]
+    assert "Paris" in full, full
+    cut = complete(chat, {**body, "stop": "Paris"}).json()["choices"][0]["message"]["content"]
+    assert cut == full[: full.index("Paris")].strip()
+
+
+def test_load_and_metrics(chat):
+    assert complete(chat, {"messages": [{"role": "user", "content": "Hi there."}], "max_tokens": 5}).status_code == 200
+    assert httpx.get(f"{chat}/load").json() == {"in_flight": 0, "queued": 0, "slots": 4}
+    text = httpx.get(f"{chat}/metrics").text
+    for name in ("s2s_chat_time_to_first_token_seconds_count", "s2s_chat_tokens_generated_total",
+                 "s2s_chat_active_sequences", "s2s_chat_queue_depth", "s2s_chat_step_seconds_count"):
+        assert name in text, name

@@ -1,0 +1,169 @@
+"""The echo guard over the grid of issue 10, offline and frame by frame as the session runs it.
+
+Agent speech is a real TTS reply (Piper, the bundled voice). The microphone hears it
+back delayed 0-500 ms, at gains 0.1-1.0, with and without a reverberant room, over
+light noise; optionally a second person (a corpus clip at a normal speaking level)
+talks over it. Each 20 ms frame goes through `EchoGuard.on_input` (which gates it)
+and then the speech detector, and the session's turn-taking rules decide what would
+happen: our own voice must never become a user turn or interrupt us, while the person
+talking over us must barge in, in every cell.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+
+from services.server.echo import EchoGuard
+from shared.audio import resample, reverberate, rms_dbfs, room_impulse_response, white_noise
+from shared.speech_detector import AudioSpeechDetector, DetectorConfig, SpeechStarted, UtteranceEnded
+
+DELAYS = (0.0, 0.04, 0.15, 0.3, 0.45, 0.5)
+GAINS = (0.1, 0.3, 0.6, 0.8, 1.0)
+ROOMS = (None, 0.45)  # RT60 in seconds; None: no reverb
+START = 1.0  # the reply starts playing here (s)
+TALK_AT = 2.5  # the second talker starts this long into the reply (s)
+BACKCHANNEL_MAX = 0.6  # ServerSettings.backchannel_max
+REPLY = ("Sorry to hear that. I hope you feel better soon, and if there is anything I can do, "
+         "just let me know. Would you like some tips for a good night's sleep?")
+
+
+@dataclass
+class Outcome:
+    self_turns: list[float] = field(default_factory=list)  # utterances taken as a new user turn
+    barge_ins: list[float] = field(default_factory=list)  # utterances that interrupt the reply
+    onsets: list[float] = field(default_factory=list)  # every SpeechStarted
+
+
+def run_session(reply24k: np.ndarray, mic16k: np.ndarray, chunk: float = 0.1) -> Outcome:
+    """The session's input path and turn-taking rules (services/server/session.py)
+    over a recorded microphone stream; the whole reply is sent at START, played from START."""
+    guard, det = EchoGuard(), AudioSpeechDetector(DetectorConfig(pause_duration=0.15))
+    play_end = START + len(reply24k) / 24000
+    out, state, onset, sent = Outcome(), None, 0.0, False
+    for i in range(0, len(mic16k) - 319, 320):
+        now = (i + 320) / 16000
+        if not sent and now >= START - 0.02:  # TTS runs faster than real time: all of it goes out at once
+            step = int(chunk * 24000)
+            for k in range(0, len(reply24k), step):
+                guard.on_output(reply24k[k : k + step], START + k / 24000)
+            sent = True
+        x = mic16k[i : i + 320].copy()
+        guard.on_input(x, now)
+        speaking = now < play_end
+        for ev in det.push(x):
+            if isinstance(ev, SpeechStarted):
+                out.onsets.append(ev.t)
+                if speaking:
+                    state, onset = "barge", ev.t
+                else:
+                    state = "normal"
+                    out.self_turns.append(ev.t)
+            elif isinstance(ev, UtteranceEnded):
+                state = None
+        if state == "barge" and det.in_speech and det.silence == 0.0 and det.time - onset >= BACKCHANNEL_MAX:
+            if speaking and guard.is_echo():
+                state = "ignored"
+            else:
+                state = "normal"
+                out.barge_ins.append(onset)
+    return out
+
+
+def microphone(reply24k: np.ndarray, delay: float, gain: float, rt60: float | None, talker: np.ndarray | None = None,
+               seed: int = 0) -> np.ndarray:
+    ours = resample(reply24k, 24000, 16000) * gain
+    if rt60:
+        ours = reverberate(np.concatenate([ours, np.zeros(int(rt60 * 16000), np.float32)]),
+                           room_impulse_response(rt60, drr_db=0.0, seed=seed))
+    n = int((START + len(reply24k) / 24000 + 3.0) * 16000)
+    mic = white_noise(n, -55.0, seed)  # light noise
+    at = int((START + delay) * 16000)
+    mic[at : at + len(ours)] += ours[: n - at]
+    if talker is not None:
+        at = int((START + TALK_AT) * 16000)
+        mic[at : at + len(talker)] += talker[: n - at]
+    return mic
+
+
+@pytest.fixture(scope="module")
+def reply() -> np.ndarray:
+    from services.tts.engines.piper import PiperEngine
+    from shared.config import TtsSettings
+
+    engine = PiperEngine(TtsSettings())
+    audio = np.concatenate(list(engine._blocking(REPLY, None)))
+    return resample(audio, engine.rate_for(None), 24000)
+
+
+@pytest.fixture(scope="module")
+def talkers(corpus) -> list[np.ndarray]:
+    """Corpus clips at a normal speaking level (-20 dBFS: as loud as our own voice at gain 1)."""
+    out = []
+    for clip in corpus[2::5]:
+        x = clip.audio[: 16000 * 3].astype(np.float32) / 32768
+        out.append(x * 10 ** ((-20.0 - rms_dbfs(x)) / 20))
+    return out
+
+
+@pytest.mark.parametrize("rt60", ROOMS, ids=["dry", "reverb"])
+def test_own_voice_never_becomes_a_turn_over_the_grid(reply, rt60):
+    bad = []
+    for delay in DELAYS:
+        for gain in GAINS:
+            out = run_session(reply, microphone(reply, delay, gain, rt60))
+            if out.self_turns or out.barge_ins:
+                bad.append((delay, gain, out))
+    assert bad == [], bad
+
+
+@pytest.mark.parametrize("rt60", ROOMS, ids=["dry", "reverb"])
+def test_someone_talking_over_us_still_barges_in_over_the_grid(reply, talkers, rt60):
+    missed = []
+    for k, (delay, gain) in enumerate((d, g) for d in DELAYS for g in GAINS):
+        talker = talkers[k % len(talkers)]
+        out = run_session(reply, microphone(reply, delay, gain, rt60, talker, seed=k))
+        hits = [t for t in out.barge_ins if START + TALK_AT - 0.1 <= t <= START + TALK_AT + len(talker) / 16000]
+        if not hits:
+            missed.append((delay, gain, k % len(talkers), out))
+        assert out.self_turns == [], (delay, gain, out)
+    assert missed == [], missed
+
+
+def test_guard_is_cheap_enough_for_the_event_loop(reply):
+    import time
+
+    mic = microphone(reply, 0.3, 0.8, 0.45)
+    guard = EchoGuard()
+    guard.on_output(reply, START)
+    took = []
+    for i in range(0, len(mic) - 319, 320):
+        x = mic[i : i + 320].copy()
+        t0 = time.perf_counter()
+        guard.on_input(x, (i + 320) / 16000)
+        took.append(time.perf_counter() - t0)
+    print(f"\necho guard per 20 ms frame: mean {np.mean(took) * 1000:.3f} ms, p99 {np.percentile(took, 99) * 1000:.3f} ms")
+    assert np.mean(took) < 0.5e-3
+
+
+def test_away_from_playback_input_passes_untouched():
+    guard = EchoGuard()
+    x = white_noise(16000, -30.0, 1)
+    y = x.copy()
+    for i in range(0, len(y), 320):
+        guard.on_input(y[i : i + 320], (i + 320) / 16000)
+    assert np.array_equal(x, y)
+    guard.on_output(np.zeros(2400, np.float32) + 0.1, 1.0)  # long after this playback, input is ours again
+    z = x.copy()
+    for i in range(0, len(z), 320):
+        guard.on_input(z[i : i + 320], 5.0 + (i + 320) / 16000)
+    assert np.array_equal(x, z)
+
+
+def test_off_switch():
+    guard = EchoGuard(threshold=1.5)
+    guard.on_output(np.full(24000, 0.1, np.float32), 0.0)
+    x = np.full(320, 0.1, np.float32)
+    assert np.array_equal(guard.on_input(x.copy(), 0.02), x) and not guard.is_echo()

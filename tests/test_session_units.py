@@ -1,0 +1,68 @@
+"""Session mechanics that need no models: a client that stops reading, timers that do not
+wait for audio, and the admission registry."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from services.server import session as session_mod
+from services.server.admission import Admission, Full
+from services.server.agents import Agent
+from services.server.session import Services, Session
+from shared.config import ServerSettings
+from shared.protocol import InitMessage
+
+
+class StuckSocket:
+    """A WebSocket whose peer never reads: every send blocks forever."""
+
+    def __init__(self) -> None:
+        self.closed_with: int | None = None
+
+    async def send_text(self, _: str) -> None:
+        await asyncio.Event().wait()
+
+    async def send_bytes(self, _: bytes) -> None:
+        await asyncio.Event().wait()
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        self.closed_with = code
+
+
+def make_session(ws: object) -> Session:
+    cfg = ServerSettings(streaming_stt=False)
+    services = Services(stt=None, chat=None, tts=None, cfg=cfg)  # type: ignore[arg-type]
+    init = InitMessage(agentId="a", userId="u")
+    return Session(ws, "unit", init, Agent(id="a"), services)  # type: ignore[arg-type]
+
+
+async def test_a_client_that_stops_reading_is_closed(monkeypatch):
+    monkeypatch.setattr(session_mod, "SEND_TIMEOUT", 0.2)
+    ws = StuckSocket()
+    s = make_session(ws)
+    await s.start()
+    await asyncio.wait_for(s.send('{"type":"x"}'), 2)  # gives up instead of waiting forever
+    await asyncio.sleep(0.1)
+    assert ws.closed_with == 1008 and s._closed
+    await s.send('{"type":"y"}')  # later sends are dropped at once
+
+
+def test_admission_counts_per_key_and_releases():
+    a = Admission(max_sessions=2, max_per_key=1)
+    s1, s2, s3 = object(), object(), object()
+    a.admit(s1, "k1")  # type: ignore[arg-type]
+    with pytest.raises(Full) as e:
+        a.admit(s2, "k1")  # type: ignore[arg-type]
+    assert e.value.reason == "key_full"
+    a.admit(s2, "k2")  # type: ignore[arg-type]
+    with pytest.raises(Full) as e:
+        a.admit(s3, "k3")  # type: ignore[arg-type]
+    assert e.value.reason == "server_full"
+    a.release(s1)  # type: ignore[arg-type]
+    a.admit(s3, "k1")  # type: ignore[arg-type]
+    a.draining = True
+    with pytest.raises(Full) as e:
+        a.admit(object(), "k9")  # type: ignore[arg-type]
+    assert e.value.reason == "draining"
