@@ -124,6 +124,7 @@ class Level:
         self.summary = {
             "sessions": self.sessions, "admitted": len(admitted), "refused": len(told),
             "refused_max_s": round(max(told), 3) if told else None,
+            "refusals": sorted({f"{r.refused}/{r.close_code}" for r in self.results if r.refused}),  # code/close code
             "errors": sorted({r.error for r in self.results if r.error}),
             "turns": len(turns), "answered": len(lat), "dropped": len(turns) - len(lat), "early": sum(t.early for t in turns),
             "p50_ms": _r(pct(lat, 0.5)), "p90_ms": _r(pct(lat, 0.9)), "p95_ms": _r(pct(lat, 0.95)),

@@ -1,13 +1,21 @@
-"""Turn-taking benchmark: pauses inside one thought, and barge-in timing.
+"""Turn-taking benchmark: pauses inside one thought, and barge-in timing, per speech set.
 
-    python bench/turn_taking.py                  # starts the system once per configuration
-    python bench/turn_taking.py --clips 6
+    python bench/turn_taking.py                           # starts the system once per configuration
+    python bench/turn_taking.py --clips 6                 # the plain pause grid over the 6 longest clips
+    python bench/turn_taking.py --sets unfinished --limit 8 --configs default --barge-in 0
+    python bench/turn_taking.py --no-start --base-port 8000   # services already running (default policy only)
 
-1. Pauses: corpus clips with their quietest mid-clip gap replaced by a pause of
-   0.3-0.85 s (under the 0.9 s silence limit), so each stream is one thought. A reply
-   whose audio arrives before the stream's last voiced frame was sent started before
-   the speaker finished. Compared with a silence-only configuration (no early end of
-   turn: every answer waits for the full silence limit), which shows the latency cost.
+1. Pauses, per set (bench/speech_sets.py):
+   - plain: corpus clips with their quietest mid-clip gap replaced by a pause of
+     0.3-0.85 s (under the 0.9 s silence limit), so each stream is one thought;
+   - long: 2-4 clips of one speaker joined into 6-15 s with 150-400 ms pauses;
+   - unfinished: a 1-2 s pause inside an unfinished sentence, which then continues.
+   A reply whose audio arrives before the stream's last voiced frame was sent started
+   before the speaker finished ("early"). "One turn": exactly one transcript is left
+   once those a later transcript `replaces` are dropped, and it covers the utterance
+   (WER against the whole reference <= 35%). Latency p50 is over the non-early answers.
+   The "silence only" configuration (no early end of turn: every answer waits for the
+   full silence limit) shows the latency cost of the default policy.
 2. Barge-in: a clip, then, as soon as its answer's first audio arrives, a second clip.
    Reports the time from the second clip's first voiced frame to `interrupted` and to
    the last audio chunk of the old turn received.
@@ -30,22 +38,26 @@ import websockets
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.speech_sets import NAMES, Utterance, answer_latency, build, final_transcripts, one_turn  # noqa: E402
 from shared.session_client import stream_pcm  # noqa: E402
-from tests.conftest import load_corpus, start_system, stop_system, system_env, with_pause  # noqa: E402
+from tests.conftest import load_corpus, start_system, stop_system, system_env, wait_ready  # noqa: E402
 
-PAUSES = (0.3, 0.5, 0.7, 0.85)
 CONFIGS = {"default": {}, "silence only": {"SERVER_CONFIRM_SILENCE": "0.9"}}
 
 
-async def pauses(ws: str, clips) -> list[dict]:
+async def pauses(ws: str, name: str, utts: list[Utterance]) -> list[dict]:
     rows = []
-    for clip in clips:
-        for p in PAUSES:
-            res = await stream_pcm(ws + uuid.uuid4().hex, with_pause(clip.audio, p)[0])
-            rows.append({"clip": clip.id, "pause": p, "early": res.early_audio > 0, "turns": len(res.transcripts),
-                         "latency_ms": None if res.latency is None else res.latency * 1000})
-            print(f"  {clip.id:26s} pause {p:.2f}s  turns {rows[-1]['turns']}  early {rows[-1]['early']!s:5s}  "
-                  f"latency {rows[-1]['latency_ms'] or float('nan'):5.0f} ms", flush=True)
+    for u in utts:
+        res = await stream_pcm(ws + uuid.uuid4().hex, u.audio)
+        lat = answer_latency(res)
+        row = {"id": u.id, "pause": u.pauses[0] if name != "long" else None, "pauses": list(u.pauses),
+               "early": res.early_audio > 0, "transcripts": len(res.transcripts), "turns": len(final_transcripts(res)),
+               "one_turn": one_turn(res, u.reference), "merged": sum(m.get("replaces") is not None for m in res.of("transcript")),
+               "latency_ms": None if lat is None else lat * 1000}
+        rows.append(row)
+        print(f"  [{name}] {u.id[:48]:48s} pauses {','.join(f'{p:.2f}' for p in u.pauses):15s} one turn {row['one_turn']!s:5s} "
+              f"(transcripts {row['transcripts']}, replaces {row['merged']})  early {row['early']!s:5s}  "
+              f"latency {row['latency_ms'] if row['latency_ms'] is not None else float('nan'):5.0f} ms", flush=True)
     return rows
 
 
@@ -86,42 +98,66 @@ async def barge_in(ws: str, first: np.ndarray, second: np.ndarray) -> dict | Non
 
 
 def summary(rows: list[dict]) -> list[str]:
-    out = [f"{'pause':>6s} {'early':>7s} {'one turn':>9s} {'p50 ms':>7s}"]
-    for p in PAUSES:
+    """One line per inner pause (the long set, whose pauses vary inside an utterance: one line)."""
+    out = [f"{'pause':>10s} {'early':>7s} {'one turn':>9s} {'p50 ms':>7s}"]
+    keys = sorted({r["pause"] for r in rows}, key=lambda p: -1.0 if p is None else p)
+    for p in keys:
         r = [x for x in rows if x["pause"] == p]
         lat = [x["latency_ms"] for x in r if x["latency_ms"] is not None and not x["early"]]
-        out.append(f"{p:6.2f} {sum(x['early'] for x in r):3d}/{len(r):<3d} {sum(x['turns'] == 1 for x in r):5d}/{len(r):<3d} "
+        label = "0.15-0.40" if p is None else f"{p:.2f}"
+        out.append(f"{label:>10s} {sum(x['early'] for x in r):3d}/{len(r):<3d} {sum(x['one_turn'] for x in r):5d}/{len(r):<3d} "
+                   f"{statistics.median(lat) if lat else float('nan'):7.0f}")
+    if len(keys) > 1:
+        lat = [x["latency_ms"] for x in rows if x["latency_ms"] is not None and not x["early"]]
+        out.append(f"{'all':>10s} {sum(x['early'] for x in rows):3d}/{len(rows):<3d} {sum(x['one_turn'] for x in rows):5d}/{len(rows):<3d} "
                    f"{statistics.median(lat) if lat else float('nan'):7.0f}")
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--clips", type=int, default=8, help="longest N corpus clips")
+    ap.add_argument("--sets", default=",".join(NAMES), help=f"comma-separated, of {', '.join(NAMES)}")
+    ap.add_argument("--clips", type=int, default=8, help="plain set: the pause grid over the longest N corpus clips")
+    ap.add_argument("--limit", type=int, default=None, help="first N utterances of each set")
+    ap.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, of {', '.join(CONFIGS)}")
+    ap.add_argument("--barge-in", type=int, default=6, help="barge-in runs (default configuration); 0 = none")
+    ap.add_argument("--no-start", action="store_true", help="use services already running at --base-port (their own policy)")
+    ap.add_argument("--base-port", type=int, default=8100, help="server port; stt, chat, tts on the next three")
     ap.add_argument("--json", default=str(ROOT / "bench" / "results" / "turn_taking.json"))
     args = ap.parse_args()
+    sets = build([s for s in args.sets.split(",") if s], args.limit, grid_clips=args.clips)
+    configs = ["default"] if args.no_start else [c for c in args.configs.split(",") if c]
     corpus = sorted(load_corpus(), key=lambda c: -len(c.audio))
-    clips = corpus[: args.clips]
     out: dict = {}
-    for name, env in CONFIGS.items():
-        print(f"configuration: {name} {env}", flush=True)
-        proc, urls = start_system({**system_env(8100), **env}, ROOT / "bench" / "results" / "turn_taking_launcher.log", 300)
+    for name in configs:
+        print(f"configuration: {name} {CONFIGS[name]}", flush=True)
+        env = {**system_env(args.base_port), **CONFIGS[name]}
+        proc = None
+        if args.no_start:
+            urls = {n: f"http://127.0.0.1:{env[f'{n.upper()}_PORT']}" for n in ("server", "stt", "chat", "tts")}
+            for u in urls.values():
+                wait_ready(u, 10)
+        else:
+            proc, urls = start_system(env, ROOT / "bench" / "results" / "turn_taking_launcher.log", 300)
         ws = urls["server"].replace("http://", "ws://") + "/ws/"
         try:
-            out[name] = {"pauses": asyncio.run(pauses(ws, clips))}
-            if name == "default":
-                pairs = [(corpus[i], corpus[i + 1]) for i in range(0, min(len(corpus) - 1, 12), 2)]
+            out[name] = {s: asyncio.run(pauses(ws, s, utts)) for s, utts in sets.items()}
+            if name == "default" and args.barge_in:
+                pairs = [(corpus[i], corpus[i + 1]) for i in range(0, min(len(corpus) - 1, 2 * args.barge_in), 2)]
                 out[name]["barge_in"] = [b for a, c in pairs if (b := asyncio.run(barge_in(ws, a.audio, c.audio)))]
         finally:
-            stop_system(proc)
-    for name in CONFIGS:
-        print(f"\n{name}: replies started before the speaker finished, by inner pause")
-        print("\n".join(summary(out[name]["pauses"])))
-    bi = out["default"]["barge_in"]
+            if proc is not None:
+                stop_system(proc)
+    for name in configs:
+        for s in sets:
+            print(f"\n{name}, set {s}: replies started before the speaker finished, by inner pause")
+            print("\n".join(summary(out[name][s])))
+    bi = out.get("default", {}).get("barge_in")
     if bi:
         print(f"\nbarge-in ({len(bi)} runs): start of user speech -> interrupted p50 {statistics.median(b['to_interrupted_ms'] for b in bi):.0f} ms, "
               f"-> last old-turn audio chunk p50 {statistics.median(b['to_last_old_audio_ms'] for b in bi):.0f} ms "
               f"(max {max(b['to_last_old_audio_ms'] for b in bi):.0f}); old-turn chunks after interrupted: {sum(b['old_audio_after_interrupted'] for b in bi)}")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=1))
     print(f"wrote {args.json}")
 

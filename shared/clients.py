@@ -99,6 +99,24 @@ class SttClient:
 
         return await on_replicas(self.replicas, once)
 
+    async def end_of_turn(self, audio: np.ndarray) -> float | None:
+        """Smart Turn's P(the speech sounds finished) for the last 8 s; None if the model is not there."""
+        pcm = float_to_pcm16(audio[-8 * 16000 :]).tobytes()
+
+        async def once(replica: Replica) -> float | None:
+            try:
+                r = await self.http.post(replica.url.rstrip("/") + "/end-of-turn", content=pcm,
+                                         headers={"content-type": "audio/l16"}, timeout=3.0)
+            except httpx.HTTPError as exc:
+                raise _unreachable("stt", exc) from exc
+            if r.status_code == 503 and not r.json().get("retryable", True):
+                return None  # not installed
+            if r.status_code != 200:
+                raise _refused("stt", r)
+            return float(r.json()["probability"])
+
+        return await on_replicas(self.replicas, once)
+
 
 class ChatClient:
     def __init__(self, http: httpx.AsyncClient, target: str | Replicas) -> None:

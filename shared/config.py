@@ -120,6 +120,12 @@ class ServerSettings(BaseSettings):
     # turn-taking
     confirm_silence: float = Field(0.45, description="silence after which a complete-looking transcript ends the turn")
     end_of_turn_threshold: float = Field(0.2, description="chat engine's P(sentence finished) needed to end a turn early")
+    end_of_turn_policy: Literal["text", "audio", "both"] = Field(
+        "both", description="cues that end a turn: the words (punctuation, language model), the sound (Smart Turn), or both")
+    audio_end_threshold: float = Field(0.5, ge=0, le=1, description="Smart Turn P(finished) at which the speech sounds finished")
+    audio_sure_threshold: float = Field(0.9, ge=0, le=1, description="... so clearly that finished words need no language-model agreement")
+    sure_silence: float = Field(0.25, ge=0.05, description="silence that ends a turn whose words and sound both say finished")
+    unfinished_max_silence: float = Field(2.5, ge=0.1, le=10, description="silence a turn may wait when words and sound both say unfinished")
     echo_threshold: float = Field(0.85, description="loudness-contour correlation with our own playback that marks input as echo (>1: off)")
     backchannel_max: float = Field(0.6, description="speech shorter than this during playback does not interrupt")
     first_chunk_max_words: int = Field(5, ge=1, description="speak the first words after this many if no clause boundary came")

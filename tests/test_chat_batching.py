@@ -1,11 +1,15 @@
 """Several sessions decoded together by the chat service (real Gemma 3 270M, 4 slots).
 
-Greedy replies do not depend on the other sequences in the batch: rows of one
-llama_decode are independent, and the logits we measured were bit-identical with and
-without neighbours. They can differ slightly when the same prompt is prefilled in other
-chunks on top of a reused KV cache (measured up to ~0.15 in a logit; near-ties flip),
-so the prompts here have clear greedy answers (lines of the few-shot transcript, and
-a counting pattern) and the test checks each batched reply equals the reply alone.
+What we found about greedy determinism: at temperature 0 the service is deterministic
+for a lone sequence however its prompt is split (prefix reuse) since flash attention is
+off (with it on, logits moved by up to ~1.0 with the split). But a sequence decoded in
+the same llama_decode as other sequences gets logits that can differ from a lone decode
+by up to ~1.0 (llama.cpp's CPU kernels; multi-sequence ubatches), and this 270M model
+has near-ties (top-2 logits 0.001 apart), so a batched greedy reply can take another
+word than the same request alone. So this test asserts what must hold: every batched
+stream completes, strongly determined replies stay the same (the capital of France,
+the first numbers of a counting pattern), the end_of_turn probability agrees, and no
+sequence gets another's reply (no crossed rows).
 """
 
 from __future__ import annotations
@@ -66,25 +70,24 @@ def user(text: str) -> list[dict]:
     return [{"role": "user", "content": text}]
 
 
-async def test_concurrent_greedy_replies_equal_replies_alone(chat):
+async def test_concurrent_greedy_replies_match_replies_alone(chat):
     async with httpx.AsyncClient(timeout=120) as http:
         alone = [await stream(http, chat, user(p)) for p in PROMPTS]
         alone.append(await stream(http, chat, COUNTING, max_tokens=300))
-        together = await asyncio.gather(*(stream(http, chat, user(p)) for p in PROMPTS))
-        together += [await stream(http, chat, COUNTING, max_tokens=300)]
-        # the long reply batched with four short ones
-        mixed = await asyncio.gather(stream(http, chat, COUNTING, max_tokens=300),
-                                     *(stream(http, chat, user(p)) for p in PROMPTS[:3]))
+        # four short replies and a long one (~230 tokens) decoded together
+        together = await asyncio.gather(*(stream(http, chat, user(p)) for p in PROMPTS),
+                                        stream(http, chat, COUNTING, max_tokens=300))
+    same = sum(a[0] == b[0] for a, b in zip(alone, together, strict=True))
+    print(f"\nbatched greedy replies equal to the reply alone: {same} of {len(alone)}")
     for (a_text, a_events, a_done), (b_text, b_events, b_done) in zip(alone, together, strict=True):
         assert a_done and b_done
-        assert a_text.strip() and b_text == a_text
+        assert a_text.strip() and b_text.strip()
         assert len(a_events) == 1 and len(b_events) == 1
-        assert b_events[0]["probability"] == pytest.approx(a_events[0]["probability"], abs=1e-3)
-    assert "Paris" in alone[0][0]
-    assert alone[4][0].strip().startswith("1, 2, 3")
-    assert mixed[0][0] == alone[4][0]
-    assert [m[0] for m in mixed[1:]] == [a[0] for a in alone[:3]]
-    assert len({a[0] for a in alone}) == len(alone)  # distinct replies: no crossed sequences
+        assert b_events[0]["probability"] == pytest.approx(a_events[0]["probability"], abs=0.05)
+    for run in (alone, together):
+        assert "Paris" in run[0][0] and all("Paris" not in r[0] for r in run[1:])
+        assert run[4][0].strip().startswith("1, 2, 3, 4, 5, 6, 7, 8, 9, 10,")
+        assert all(not any(ch.isdigit() for ch in r[0]) for r in run[:4])  # no crossed sequences
 
 
 async def test_end_of_turn_event_comes_first(chat):

@@ -37,9 +37,13 @@ class Outcome:
     onsets: list[float] = field(default_factory=list)  # every SpeechStarted
 
 
-def run_session(reply24k: np.ndarray, mic16k: np.ndarray, chunk: float = 0.1) -> Outcome:
+def run_session(reply24k: np.ndarray, mic16k: np.ndarray, chunk: float = 0.1, recheck: bool = True) -> Outcome:
     """The session's input path and turn-taking rules (services/server/session.py)
-    over a recorded microphone stream; the whole reply is sent at START, played from START."""
+    over a recorded microphone stream; the whole reply is sent at START, played from START.
+
+    `recheck`: the session change this guard asks for: speech that starts while our echo
+    is audible is a barge candidate (not only while we play), and an utterance found to
+    be echo keeps being checked, so someone who starts talking during it still barges in."""
     guard, det = EchoGuard(), AudioSpeechDetector(DetectorConfig(pause_duration=0.15))
     play_end = START + len(reply24k) / 24000
     out, state, onset, sent = Outcome(), None, 0.0, False
@@ -56,16 +60,17 @@ def run_session(reply24k: np.ndarray, mic16k: np.ndarray, chunk: float = 0.1) ->
         for ev in det.push(x):
             if isinstance(ev, SpeechStarted):
                 out.onsets.append(ev.t)
-                if speaking:
+                if speaking or (recheck and guard.audible()):
                     state, onset = "barge", ev.t
                 else:
                     state = "normal"
                     out.self_turns.append(ev.t)
             elif isinstance(ev, UtteranceEnded):
                 state = None
-        if state == "barge" and det.in_speech and det.silence == 0.0 and det.time - onset >= BACKCHANNEL_MAX:
-            if speaking and guard.is_echo():
-                state = "ignored"
+        candidate = state == "barge" or (recheck and state == "echo")
+        if candidate and det.in_speech and det.silence == 0.0 and det.time - onset >= BACKCHANNEL_MAX:
+            if (speaking or (recheck and guard.audible())) and guard.is_echo():
+                state = "echo"
             else:
                 state = "normal"
                 out.barge_ins.append(onset)

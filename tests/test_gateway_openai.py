@@ -66,7 +66,9 @@ def test_transcription_formats(client: OpenAI, clip: Clip, fmt: str) -> None:
         else:
             assert lines[0] == "WEBVTT" and " --> " in lines[2] and "." in lines[2]
             text = " ".join(lines[3:])
-    assert wer([clip.transcript], [text]) < 0.2, text
+    err = wer([clip.transcript], [text])
+    print(f"transcription {fmt}: WER {err:.2f}")
+    assert err < 0.2, text
 
 
 def test_transcription_stream(client: OpenAI, clip: Clip) -> None:

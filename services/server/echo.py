@@ -258,6 +258,10 @@ class EchoGuard:
                 self._gain_d = self._gain_any.copy()
             self.delay = best
 
+    def audible(self) -> bool:
+        """Could the input still hold our echo (playback, its delay and the room's tail)?"""
+        return self.enabled and self._hops - self._ref_last <= self._span
+
     def is_echo(self) -> bool:
         """Is the input of the last `window` our own echo (speech there, but no near-end speech)?"""
         if not self.enabled or not self._near:

@@ -20,9 +20,10 @@ from starlette.websockets import WebSocket
 
 from services.server.agents import Agent
 from services.server.echo import EchoGuard
+from services.server.endpointing import judge
 from services.server.history import History
 from services.server.live_stt import LiveTranscriber
-from services.server.turn import Payload, Turn, TurnDeps, TurnState, reads_complete
+from services.server.turn import Payload, Turn, TurnDeps, TurnState
 from shared.audio import OUT_RATE, STT_RATE, pcm16_to_float
 from shared.clients import ChatClient, SttClient
 from shared.config import ServerSettings
@@ -64,7 +65,11 @@ class Services:
     cfg: ServerSettings
 
 
-def make_detector(cfg: ServerSettings, *overrides: DetectorOverrides | None) -> AudioSpeechDetector:
+def make_detector(cfg: ServerSettings, *overrides: DetectorOverrides | None) -> tuple[AudioSpeechDetector, float]:
+    """The session's detector, and the silence after which an unsure turn ends.
+
+    The detector itself closes an utterance only after the longest wait (words and sound
+    both unfinished); the session confirms earlier when the evidence allows."""
     base = DetectorConfig(
         energy_threshold=cfg.energy_threshold,
         min_speech_duration=cfg.min_speech_duration,
@@ -77,14 +82,17 @@ def make_detector(cfg: ServerSettings, *overrides: DetectorOverrides | None) -> 
         if o is not None:
             base = base.with_overrides(**o.model_dump(exclude={"engine"}))
             engine = o.engine or engine
+    cap = base.max_silence_duration
+    if cfg.end_of_turn_policy != "text":
+        base = base.with_overrides(max_silence_duration=max(cap, cfg.unfinished_max_silence))
     if engine == "silero":
         from shared.silero import SileroClassifier
 
-        return AudioSpeechDetector(base, SileroClassifier())  # loads an ONNX model: call off the event loop
-    return AudioSpeechDetector(base)
+        return AudioSpeechDetector(base, SileroClassifier()), cap  # loads an ONNX model: call off the event loop
+    return AudioSpeechDetector(base), cap
 
 
-async def new_detector(cfg: ServerSettings, *overrides: DetectorOverrides | None) -> AudioSpeechDetector:
+async def new_detector(cfg: ServerSettings, *overrides: DetectorOverrides | None) -> tuple[AudioSpeechDetector, float]:
     return await asyncio.to_thread(make_detector, cfg, *overrides)
 
 
@@ -101,6 +109,7 @@ class Session:
         self.allow_interruptions = init.allowInterruptions
         self._detector_overrides = (agent.speechDetector, init.speechDetector)
         self.detector = AudioSpeechDetector()  # replaced in start() by the session's own settings
+        self.turn_cap = self.cfg.max_silence_duration  # silence that ends a turn we are unsure about
         self._neural = False  # a neural detector runs in a worker thread, not on the event loop
         self.history = History(self.cfg.history_turns, self.cfg.history_tokens)
         self.echo = EchoGuard(threshold=self.cfg.echo_threshold)
@@ -131,7 +140,7 @@ class Session:
         self.live = LiveTranscriber(services.stt.replicas, init.language, self._on_partial) if self.cfg.streaming_stt else None
 
     async def start(self) -> None:
-        self.detector = await new_detector(self.cfg, *self._detector_overrides)
+        self.detector, self.turn_cap = await new_detector(self.cfg, *self._detector_overrides)
         self._neural = not isinstance(self.detector.clf, EnergyClassifier)
         self._last_audio = time.perf_counter()
         self._timer = asyncio.create_task(self._tick())
@@ -280,7 +289,10 @@ class Session:
             text = await self.live.transcript() if live and self.live is not None else None
             return text if text is not None else await self.deps.stt.transcribe(audio)  # batch: the stream broke
 
-        turn.speculate(speech_end, lambda: self._run(turn, transcribe))
+        async def sounds_finished() -> float | None:
+            return await self.deps.stt.end_of_turn(audio) if self.cfg.end_of_turn_policy != "text" else None
+
+        turn.speculate(speech_end, lambda: self._run(turn, transcribe), sounds_finished)
 
     async def _end_utterance(self) -> None:
         if self.live is not None:
@@ -332,16 +344,15 @@ class Session:
         stalled = silence >= det.cfg.max_silence_duration  # the client stopped sending: the utterance is over
         if stalled and p.state == TurnState.LISTENING:  # it stopped mid-word: no pause was ever seen
             self._speculate(det.utterance_since(0), time.perf_counter() - silence)
-        if p.state == TurnState.SPECULATING and (stalled or (p.judged.is_set() and self._reads_finished(p) and silence >= self.cfg.confirm_silence)):
+        if p.state == TurnState.SPECULATING and (stalled or silence >= self._wait_for(p)):
             self._early = p  # promoted before the detector closed the utterance
             await self._promote(p)
 
-    def _reads_finished(self, turn: Turn) -> bool:
-        """End the turn before the silence limit only if the words say the thought is complete:
-        Whisper's final punctuation and, where the chat engine can tell, its language model."""
-        if turn.transcript is None or not reads_complete(turn.transcript):
-            return False
-        return turn.end_of_turn is None or turn.end_of_turn >= self.cfg.end_of_turn_threshold
+    def _wait_for(self, turn: Turn) -> float:
+        """How much silence ends this turn, from what its words and their sound say."""
+        verdict = judge(turn, self.cfg) if turn.judged.is_set() and turn.heard.is_set() else "unsure"
+        return {"sure": self.cfg.sure_silence, "finished": self.cfg.confirm_silence,
+                "unsure": self.turn_cap, "unfinished": max(self.turn_cap, self.cfg.unfinished_max_silence)}[verdict]
 
     async def on_text(self, msg: object) -> None:
         if isinstance(msg, TranscriptIn):
@@ -372,7 +383,7 @@ class Session:
                 if self.detector.in_speech:
                     await self.error("config_deferred", "speech detector settings change between utterances; try again")
                 else:
-                    self.detector = await new_detector(self.cfg, self.agent.speechDetector, msg.speechDetector)
+                    self.detector, self.turn_cap = await new_detector(self.cfg, self.agent.speechDetector, msg.speechDetector)
                     self._neural = not isinstance(self.detector.clf, EnergyClassifier)
 
     # ------------------------------------------------------------------ turns

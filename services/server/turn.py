@@ -11,7 +11,6 @@ import asyncio
 import base64
 import contextlib
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -32,21 +31,6 @@ from shared.text_chunker import TextChunker
 log = logging.getLogger("server.turn")
 
 Payload = str | bytes
-_INCOMPLETE_ENDINGS = {
-    "and", "or", "but", "so", "because", "the", "a", "an", "of", "to", "with", "for", "in", "on", "at",
-    "that", "which", "who", "if", "then", "um", "uh", "my", "your", "is", "are", "was", "were",
-}
-
-
-def reads_complete(text: str) -> bool:
-    """Does a transcript read like a finished thought? (Whisper punctuates what it hears.)"""
-    t = text.strip().rstrip("\"')]")
-    if not t or t.endswith(("...", "…", ",", ";", ":", "-")) or t[-1] not in ".!?":
-        return False
-    words = re.findall(r"[a-z0-9']+", t.lower())
-    return bool(words) and words[-1] not in _INCOMPLETE_ENDINGS
-
-
 def usable_transcript(text: str) -> bool:
     return sum(c.isalnum() for c in text) >= 2
 
@@ -121,7 +105,10 @@ class Turn:
         self.reply = ""
         self.sent_samples = 0
         self.end_of_turn: float | None = None  # chat engine's P(the user's sentence is finished)
-        self.judged = asyncio.Event()  # transcript and end-of-turn estimate known (or unavailable)
+        self.judged = asyncio.Event()  # transcript and the language model's estimate known (or unavailable)
+        self.sounds_finished: float | None = None  # Smart Turn's P(finished) from the sound of the speech
+        self.heard = asyncio.Event()  # ... known (or unavailable)
+        self._listener: asyncio.Task[None] | None = None
         self.finished = False
         self._pending: list[tuple[Payload, np.ndarray | None]] = []  # held until confirmed: (payload, its audio)
         self._ended = 0  # TTS pieces fully received
@@ -149,13 +136,27 @@ class Turn:
         """Still part of the user's utterance (not yet confirmed)."""
         return self.state in (TurnState.LISTENING, TurnState.SPECULATING)
 
-    def speculate(self, speech_end: float, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    def speculate(self, speech_end: float, work: Callable[[], Coroutine[Any, Any, None]],
+                  sounds: Callable[[], Awaitable[float | None]] | None = None) -> None:
         """The user paused: `work` (the session's wrapper around run()) computes the answer
-        now, its output held until confirm()."""
+        now, its output held until confirm(); `sounds` asks how finished the speech sounds."""
         self.advance(TurnState.SPECULATING)
         self._fresh(speech_end)
         self.mark("created")
         self.task = asyncio.create_task(work())
+        if sounds is None:
+            self.heard.set()
+        else:
+            self._listener = asyncio.create_task(self._hear(sounds))
+
+    async def _hear(self, sounds: Callable[[], Awaitable[float | None]]) -> None:
+        try:
+            self.sounds_finished = await sounds()
+        except Exception as exc:  # an optional cue: the words still decide
+            log.info("turn %d: no audio end-of-turn estimate (%s)", self.id, exc)
+        finally:
+            self.mark("sounds_finished")
+            self.heard.set()
 
     async def listen_again(self) -> None:
         """The user goes on: forget the speculative answer; the turn keeps listening."""
@@ -163,6 +164,8 @@ class Turn:
         self.advance(TurnState.LISTENING)
 
     async def cancel(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
         task, self.task = self.task, None
         if task is not None and not task.done() and task is not asyncio.current_task():
             task.cancel()

@@ -6,14 +6,17 @@ import asyncio
 import logging
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from fastapi import Form, UploadFile, WebSocket
+from fastapi import Form, Request, UploadFile, WebSocket
+from pydantic import BaseModel, Field
 
 from services.stt.engines.base import SttEngine
 from services.stt.engines.faster_whisper import FasterWhisperEngine
 from services.stt.scheduler import Scheduler
 from services.stt.streaming import StreamConnection
+from services.stt.turn_model import SmartTurn
 from shared.audio import STT_RATE, AudioDecodeError, decode_audio, pcm16_to_float, resample
 from shared.config import SttSettings
 from shared.logs import setup_logging, user_text
@@ -37,6 +40,7 @@ scheduler = Scheduler(workers=1)
 
 async def _load() -> None:
     await asyncio.to_thread(engine.load)
+    await _load_turn_model()
 
 
 app, state = create_service("stt", _load, log, "Speech to text (faster-whisper).", max_body_mb=cfg.max_upload_mb + 1)
@@ -106,3 +110,42 @@ async def transcribe_stream(ws: WebSocket) -> None:
         await ws.close(1013)  # try again later
         return
     await StreamConnection(ws, engine, scheduler, cfg.language).run()
+
+
+# --------------------------------------------------------------------------- audio end of turn
+
+turn_model: SmartTurn | None = None
+_turn_pool = ThreadPoolExecutor(1, thread_name_prefix="smart-turn")  # beside the decoder: both run at a pause
+MAX_TURN_AUDIO = 30 * STT_RATE * 2  # bytes of int16 PCM; the model reads the last 8 s
+
+
+async def _load_turn_model() -> None:
+    global turn_model
+    try:
+        turn_model = await asyncio.get_running_loop().run_in_executor(_turn_pool, SmartTurn)
+    except Exception:  # optional: without it the session decides on the words alone
+        log.exception("Smart Turn model unavailable; POST /end-of-turn answers 503")
+
+
+class EndOfTurn(BaseModel):
+    probability: float = Field(description="P(the speaker has finished their turn), from the sound of the last 8 s")
+    processing_time: float
+
+
+@app.post("/end-of-turn", summary="Smart Turn v3.2 on raw 16 kHz int16 PCM (the body): does it sound finished?")
+async def end_of_turn(request: Request) -> EndOfTurn:
+    require_ready(state)
+    if turn_model is None:
+        raise ServiceError(503, "the Smart Turn model is not installed", retryable=False)
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > MAX_TURN_AUDIO:
+        raise ServiceError(413, "send at most 30 s of audio (the model reads the last 8 s)")
+    body = await request.body()
+    if len(body) > MAX_TURN_AUDIO:
+        raise ServiceError(413, "send at most 30 s of audio (the model reads the last 8 s)")
+    if len(body) < STT_RATE // 50:
+        raise ServiceError(400, "send at least 10 ms of 16 kHz int16 PCM as the request body")
+    t0 = time.perf_counter()
+    model = turn_model
+    p = await asyncio.get_running_loop().run_in_executor(_turn_pool, model.probability, pcm16_to_float(body[: len(body) // 2 * 2]))
+    return EndOfTurn(probability=round(p, 4), processing_time=round(time.perf_counter() - t0, 4))

@@ -111,7 +111,7 @@ class StreamState:
             return False
         tok = self.engine.tokenizer(self.language)
         before = (self.committed, self.hyp)
-        new = [] if self._rejected(d) or d.looped else d.ids
+        new = [] if self._rejected(d) or d.looped else self._dedup(d.ids)
         n = 0
         while n < min(len(new), len(self.hyp)) and new[n] == self.hyp[n]:
             n += 1
@@ -144,6 +144,23 @@ class StreamState:
         self.context = (self.context + self.prefix[:tokens])[-MAX_CONTEXT_KEEP:]
         self.prefix = self.prefix[tokens:]
 
+    def _dedup(self, ids: list[int]) -> list[int]:
+        """Drop a repeat of the last committed words at the start of the tail (as whisper_streaming
+        does: a cut a little early leaves audio of words already in the prompt inside the buffer)."""
+        tok = self.engine.tokenizer(self.language)
+        starts = [i for i, t in enumerate(ids) if i == 0 or tok.decode([t]).startswith(" ")] + [len(ids)]
+        words = [_norm(tok.decode(ids[a:b])) for a, b in zip(starts, starts[1:], strict=False)]
+        done = _norm(self.committed).split()
+        for k in range(min(len(words), len(done), 12), 1, -1):
+            if words[:k] == done[-k:]:
+                return ids[starts[k]:]
+        # and a phrase of 3+ words said twice at the end (Whisper looping, in other case or punctuation)
+        full = done + words
+        for k in range(min(len(words), len(full) // 2), 2, -1):
+            if full[-k:] == full[-2 * k : -k]:
+                return ids[: starts[len(words) - k]]
+        return ids
+
     def _rejected(self, d: WindowDecode) -> bool:
         """Whisper's noise guard, for the start of an utterance only: once words are committed this
         is speech, and the guard's average log-probability over a short tail is too noisy to trust."""
@@ -156,8 +173,12 @@ class StreamState:
         return SttPartial(committed=committed, tail=tail.rstrip(), text=(committed + tail).rstrip())
 
     def final(self, d: WindowDecode | None) -> str:
-        tail = "" if d is None or self._rejected(d) else self.engine.tokenizer(self.language).decode(d.ids)
+        tail = "" if d is None or self._rejected(d) else self.engine.tokenizer(self.language).decode(self._dedup(d.ids))
         return (self.committed + tail).strip()
+
+
+def _norm(text: str) -> str:
+    return "".join(c for c in text.lower() if c.isalnum() or c.isspace()).strip()
 
 
 def decode(engine: FasterWhisperEngine, snap: Snapshot) -> WindowDecode:

@@ -33,8 +33,8 @@ from services.server.gateway.models import (
     TtsRequest,
     TtsResponse,
 )
-from services.server.gateway.openai_api import encoded
 from services.server.gateway.openapi import multipart_doc
+from services.server.gateway.streams import encoded, guard_bytes, primed
 from shared.audio import OUT_RATE, STT_RATE, pcm16_to_float
 
 log = logging.getLogger("server.gateway")
@@ -92,10 +92,8 @@ async def text_to_speech(body: TtsRequest, request: Request) -> Response:
         audio = tempo_stream(audio, body.speed)
     headers = {"x-audio-format": body.format, "x-sample-rate": str(OUT_RATE)} | ({"x-reference-id": body.reference_id} if body.reference_id else {})
     if body.stream:
-        from services.server.gateway.openai_api import _guard_bytes, _primed
-
-        chunks = await _primed(encoded(audio, body.format))
-        return StreamingResponse(_guard_bytes(chunks), media_type=MEDIA_TYPES[body.format], headers=headers)
+        chunks = await primed(encoded(audio, body.format))
+        return StreamingResponse(guard_bytes(chunks), media_type=MEDIA_TYPES[body.format], headers=headers)
     parts = [c async for c in audio]
     data = await asyncio.to_thread(encode_all, np.concatenate(parts) if parts else np.zeros(0, np.float32), body.format)
     return JSONResponse(TtsResponse(audio_base64=base64.b64encode(data).decode(), response_format=body.format,

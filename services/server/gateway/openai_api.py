@@ -31,6 +31,7 @@ from services.server.gateway.models import (
     TranscriptionVerbose,
 )
 from services.server.gateway.openapi import multipart_doc
+from services.server.gateway.streams import encoded, guard_bytes, primed
 from shared.clients import UpstreamError
 from shared.text_chunker import TextChunker
 
@@ -43,26 +44,6 @@ AUDIO_TTL = 3600  # seconds an audio reply id stays valid as a reference in late
 
 def _sse(obj: dict[str, Any]) -> str:
     return f"data: {json.dumps(obj)}\n\n"
-
-
-async def _primed(gen: AsyncIterator[Any]) -> AsyncIterator[Any]:
-    """Pull the first item now, so an upstream failure is an HTTP error, not a broken stream."""
-    try:
-        first = await anext(gen)
-    except StopAsyncIteration:
-        return _empty()
-
-    async def chained() -> AsyncIterator[Any]:
-        yield first
-        async for x in gen:
-            yield x
-
-    return chained()
-
-
-async def _empty() -> AsyncIterator[Any]:
-    return
-    yield  # an async generator that yields nothing
 
 
 # ---------------------------------------------------------------- transcriptions
@@ -108,16 +89,6 @@ async def transcriptions(request: Request) -> Response:
 # ---------------------------------------------------------------- speech
 
 
-async def encoded(audio: AsyncIterator[np.ndarray], fmt: str) -> AsyncIterator[bytes]:
-    """Bytes of `fmt` as each chunk of audio arrives (encoding off the event loop)."""
-    enc = Encoder(fmt)
-    async for chunk in audio:
-        if out := await asyncio.to_thread(enc.push, chunk):
-            yield out
-    if out := await asyncio.to_thread(enc.finish):
-        yield out
-
-
 def _tempo(audio: AsyncIterator[np.ndarray], speed: float) -> AsyncIterator[np.ndarray]:
     if abs(speed - 1.0) < 1e-3:
         return audio
@@ -130,9 +101,9 @@ def _tempo(audio: AsyncIterator[np.ndarray], speed: float) -> AsyncIterator[np.n
              response_class=Response, responses={200: {"content": {t: {} for t in (*MEDIA_TYPES.values(), "text/event-stream")}}})
 async def speech(body: SpeechRequest, request: Request) -> Response:
     voice = await up.resolve_voice(up.deps(request).http, body.voice_name)
-    chunks = await _primed(encoded(_tempo(up.speak_audio(body.input, voice), body.speed), body.response_format))
+    chunks = await primed(encoded(_tempo(up.speak_audio(body.input, voice), body.speed), body.response_format))
     if body.stream_format == "audio":
-        return StreamingResponse(_guard_bytes(chunks), media_type=MEDIA_TYPES[body.response_format])
+        return StreamingResponse(guard_bytes(chunks), media_type=MEDIA_TYPES[body.response_format])
 
     async def events() -> AsyncIterator[str]:
         try:
@@ -145,15 +116,6 @@ async def speech(body: SpeechRequest, request: Request) -> Response:
         yield _sse({"type": "speech.audio.done", "usage": {"input_tokens": n, "output_tokens": 0, "total_tokens": n}})
 
     return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-
-
-async def _guard_bytes(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """A failure after the first bytes can only end the body early; it is logged."""
-    try:
-        async for b in chunks:
-            yield b
-    except Exception as exc:  # noqa: BLE001
-        to_gateway_error(exc)
 
 
 # ---------------------------------------------------------------- chat completions
@@ -272,7 +234,7 @@ async def chat_completions(body: ChatRequest, request: Request) -> Response:
         message = {"role": "assistant", "content": None, "refusal": None,
                    "audio": {"id": aid, "data": base64.b64encode(data).decode(), "expires_at": expires, "transcript": text}}
         return JSONResponse(_completion(cid, model, message))
-    spoken = await _primed(up.speak(reply_pieces(request, messages, body.options()), voice))
+    spoken = await primed(up.speak(reply_pieces(request, messages, body.options()), voice))
     return StreamingResponse(_audio_events(spoken, fmt, cid, aid, model, expires), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache"})
 
