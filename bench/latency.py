@@ -57,6 +57,7 @@ LABELS = {
     "confirmed": "turn confirmed",
     "first_tts_audio": "first TTS audio",
     "first_audio_sent": "first audio sent",
+    "sounds_finished": "audio sounds finished",
     "client": "first audio at client",
 }
 TARGET_P50, TARGET_P90, TARGET_WER_POINTS, TARGET_MB = 450.0, 700.0, 1.0, 2500.0
@@ -158,7 +159,8 @@ def report(name: str, rows: list[dict], std: list[str], mem: dict[str, float], n
         print(f"{r['id'][:48]:48s} {r['duration']:5.1f} {'yes' if r['early'] else 'no':>5s} {r['turns']:5d} {r['partials']:8d} "
               f"{r['latency_ms'] if r['latency_ms'] is not None else float('nan'):14.0f}")
     print()
-    print("\n".join(table([r["stages"] for r in rows], [*STAGES, "client"])))
+    extra = sorted({k for r in rows for k in r["stages"]} - {*STAGES, "client"})  # stages added since (e.g. sounds_finished)
+    print("\n".join(table([r["stages"] for r in rows], [*STAGES, *extra, "client"])))
     print(f"partials per utterance: p50 {out['partials_p50']}, max {max(partials, default=0)}")
     if naive:
         nl = [n["client"] for n in naive]
@@ -211,6 +213,9 @@ def main() -> None:
     t0 = time.perf_counter()
     std = standard_transcripts(sets)
     print(f"\nstandard transcribe() on {sum(map(len, sets.values()))} utterances: {time.perf_counter() - t0:.0f} s")
+    for name in sets:
+        for r, text in zip(rows[name], std[name], strict=True):
+            r["standard"] = text
     out = {name: report(name, rows[name], std[name], mem[name], naive.get(name, [])) for name in sets}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=1))

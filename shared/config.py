@@ -60,6 +60,7 @@ class ChatSettings(BaseSettings):
     parallel: int = Field(4, ge=1, le=16, description="llama_cpp: sequences decoded together (slots); each gets n_ctx")
     nice: int = Field(5, ge=0, le=19, description="lower CPU priority of the chat process (0: unchanged)")
     max_tokens: int = Field(60, ge=1, le=1024)
+    max_tokens_limit: int = Field(512, ge=1, le=4096, description="the most tokens one request may ask for (more is clamped)")
     temperature: float = Field(0.6, ge=0, le=2)
     openai_base_url: str = "http://127.0.0.1:8080/v1"
     openai_api_key: SecretStr = SecretStr("")
@@ -126,6 +127,7 @@ class ServerSettings(BaseSettings):
     audio_sure_threshold: float = Field(0.9, ge=0, le=1, description="... so clearly that finished words need no language-model agreement")
     sure_silence: float = Field(0.25, ge=0.05, description="silence that ends a turn whose words and sound both say finished")
     unfinished_max_silence: float = Field(2.5, ge=0.1, le=10, description="silence a turn may wait when words and sound both say unfinished")
+    words_stopped: float = Field(1.5, ge=0.5, le=10, description="no new words for this long while sound goes on (a noisy room) counts as a pause")
     echo_threshold: float = Field(0.85, description="loudness-contour correlation with our own playback that marks input as echo (>1: off)")
     backchannel_max: float = Field(0.6, description="speech shorter than this during playback does not interrupt")
     first_chunk_max_words: int = Field(5, ge=1, description="speak the first words after this many if no clause boundary came")

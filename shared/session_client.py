@@ -74,7 +74,7 @@ async def stream_pcm(
     frame_sizes: list[int] | None = None,
     wait_for_end: float = 25.0,
     extra: list[tuple[float, str]] | None = None,
-    loopback: tuple[float, float] | None = None,
+    loopback: tuple[float, float] | tuple[float, float, float, float] | None = None,
     headers: dict[str, str] | None = None,
 ) -> SessionResult:
     """Send lead silence + pcm + tail silence in real time; collect everything that comes back.
@@ -82,7 +82,8 @@ async def stream_pcm(
     `frame_sizes` (bytes) overrides the 20 ms framing, e.g. for odd-length frames.
     `extra` is a list of (seconds from start, text frame) to send along the way.
     `loopback=(gain, delay_s)` plays received audio back into the microphone stream,
-    like a client without echo cancellation. `headers`: e.g. an API key.
+    like a client without echo cancellation; `(gain, delay_s, rt60_s, noise_dbfs)` adds a
+    reverberant room and hiss. `headers`: e.g. an API key.
     Returns after the stream and, once speech ended, a `tts_stream_end` and that turn's
     `metrics` (its last message), or the wait.
     """
@@ -161,21 +162,28 @@ def _audio(res: SessionResult, turn_id: int, chunk: np.ndarray, now: float) -> N
 class _Loopback:
     """What a client's microphone hears of its own speaker: received audio, delayed and attenuated."""
 
-    def __init__(self, n: int, gain: float, delay: float) -> None:
-        from shared.audio import resample
+    def __init__(self, n: int, gain: float, delay: float, rt60: float = 0.0, noise_dbfs: float | None = None) -> None:
+        """`rt60` > 0: a synthetic room (shared.audio.room_impulse_response); `noise_dbfs`: hiss added."""
+        from shared.audio import resample, room_impulse_response, white_noise
 
         self._resample = resample
         self.buf = np.zeros(n + 16000 * 30, np.float32)
         self.gain, self.delay, self.pos = gain, delay, 0
+        self.rir = room_impulse_response(rt60) if rt60 > 0 else None
+        self.noise = white_noise(len(self.buf), noise_dbfs) if noise_dbfs is not None else None
 
     def play(self, chunk24k: np.ndarray, at: float) -> None:
         x = self._resample(chunk24k.astype(np.float32), 24000, 16000) * self.gain
         start = max(self.pos, int((at + self.delay) * 16000))
+        self.pos = min(len(self.buf), start + len(x))
+        if self.rir is not None:
+            x = np.convolve(x, self.rir)  # overlap-add: the room's tail rings on into the next chunk
         end = min(len(self.buf), start + len(x))
         self.buf[start:end] += x[: end - start]
-        self.pos = end
 
     def mix(self, mic: np.ndarray, start_byte: int, size: int) -> bytes:
         a, b = start_byte // 2, min(len(mic), (start_byte + size) // 2)
         mixed = mic[a:b].astype(np.float32) + self.buf[a:b] * 32768
+        if self.noise is not None:
+            mixed += self.noise[a:b] * 32768
         return np.clip(mixed, -32768, 32767).astype(np.int16).tobytes()

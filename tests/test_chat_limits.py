@@ -12,9 +12,12 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from services.chat.engines.base import ChatEngine, ChatMessage, GenerationOptions
+from services.chat.engines.stops import StopFilter
+from shared.service import ServiceError
 from tests.conftest import BASE_PORT, OUTPUT, ROOT, wait_ready
 
-pytestmark = pytest.mark.e2e
+e2e = pytest.mark.e2e
 CONTEXT = 2048
 WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "seven", "bright", "stars", "shine", "above", "old", "towns"]
 
@@ -68,6 +71,7 @@ def complete(url: str, body: dict) -> httpx.Response:
     return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
 
 
+@e2e
 def test_context_overflow_is_400_with_token_counts(chat):
     r = complete(chat, {"messages": overflowing(), "max_tokens": 60})
     assert r.status_code == 400, r.text
@@ -79,6 +83,7 @@ def test_context_overflow_is_400_with_token_counts(chat):
                              "(reply needs up to 60 more)")
 
 
+@e2e
 def test_streaming_overflow_is_400_before_the_stream(chat):
     """Documented behaviour: the prompt is tokenized and checked before any SSE byte is sent."""
     with httpx.stream("POST", f"{chat}/v1/chat/completions", json={"messages": overflowing(), "stream": True},
@@ -89,6 +94,7 @@ def test_streaming_overflow_is_400_before_the_stream(chat):
     assert r.json()["prompt_tokens"] > CONTEXT
 
 
+@e2e
 def test_reply_budget_counts_towards_the_context(chat):
     r = complete(chat, {"messages": [{"role": "user", "content": "Hello."}], "max_tokens": 4000})
     assert r.status_code == 400
@@ -97,6 +103,7 @@ def test_reply_budget_counts_towards_the_context(chat):
     assert "reply needs up to 4000 more" in body["error"]
 
 
+@e2e
 @pytest.mark.parametrize("body", [
     {"messages": []},
     {"messages": [{"role": "robot", "content": "hi"}]},
@@ -120,11 +127,13 @@ def test_invalid_fields_are_4xx_in_the_error_shape(chat, body):
         assert err["retryable"] is False and isinstance(err["error"], str) and err["error"]
 
 
+@e2e
 def test_malformed_json_is_4xx(chat):
     r = httpx.post(f"{chat}/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
     assert 400 <= r.status_code < 500 and r.json()["retryable"] is False
 
 
+@e2e
 def test_stop_sequence_is_cut_from_the_reply(chat):
     body = {"messages": [{"role": "user", "content": "Can you tell me the capital of France?"}], "temperature": 0}
     full = complete(chat, body).json()["choices"][0]["message"]["content"]
@@ -133,6 +142,7 @@ def test_stop_sequence_is_cut_from_the_reply(chat):
     assert cut == full[: full.index("Paris")].strip()
 
 
+@e2e
 def test_load_and_metrics(chat):
     assert complete(chat, {"messages": [{"role": "user", "content": "Hi there."}], "max_tokens": 5}).status_code == 200
     assert httpx.get(f"{chat}/load").json() == {"in_flight": 0, "queued": 0, "slots": 4}
@@ -140,3 +150,35 @@ def test_load_and_metrics(chat):
     for name in ("s2s_chat_time_to_first_token_seconds_count", "s2s_chat_tokens_generated_total",
                  "s2s_chat_active_sequences", "s2s_chat_queue_depth", "s2s_chat_step_seconds_count"):
         assert name in text, name
+
+
+def test_stop_filter_holds_back_partial_stops():
+    f = StopFilter(("\n", "User:"))
+    assert [f.feed(p) for p in (b" Sure", b", Us", b"e it")] == [" Sure", ", ", "Use it"]
+    assert f.feed(b" now\nUser:") == " now" and f.stopped
+    g = StopFilter(("User:",))
+    assert g.feed(b"ok Us") == "ok " and g.flush() == "Us"
+    h = StopFilter(())
+    assert h.feed("é".encode()[:1]) == "" and h.feed("é".encode()[1:]) == "é"  # a split UTF-8 character
+
+
+class _FailsMidStream(ChatEngine):
+    async def stream(self, messages: list[ChatMessage], opts: GenerationOptions):  # type: ignore[no-untyped-def]
+        yield " Hello"
+        raise ServiceError(503, "the model went away", retryable=True)
+
+
+async def test_error_while_streaming_is_an_error_event_then_done(monkeypatch):
+    """What cannot be checked before the stream starts ends it properly: an SSE error event, then [DONE]."""
+    from services.chat import app as chat_app
+
+    monkeypatch.setattr(chat_app, "engine", _FailsMidStream())
+    monkeypatch.setattr(chat_app.state, "ready", True)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=chat_app.app), base_url="http://chat") as http:
+        r = await http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "stream": True})
+    assert r.status_code == 200
+    events = [e for e in r.text.split("\n\n") if e]
+    assert '"content": " Hello"' in events[1]
+    assert events[-2].startswith("event: error\ndata: ")
+    assert '"message": "the model went away"' in events[-2] and '"retryable": true' in events[-2]
+    assert events[-1] == "data: [DONE]"

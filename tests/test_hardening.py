@@ -50,7 +50,8 @@ class Secure:
 
 @pytest.fixture(scope="module")
 def secure() -> Iterator[Secure]:
-    env = {**system_env(BASE), "API_KEYS": KEY, "RATE_LIMIT_PER_MINUTE": "0", "DRAIN_TIMEOUT": "15", "CHAT_MAX_TOKENS": "40"}
+    env = {**system_env(BASE), "API_KEYS": KEY, "RATE_LIMIT_PER_MINUTE": "0", "DRAIN_TIMEOUT": "15", "CHAT_MAX_TOKENS": "40",
+           "CHAT_MAX_TOKENS_LIMIT": "40"}  # fuzzed requests ask for up to 4096 tokens: keep each one short
     proc, urls = start_system(env, OUTPUT / "hardening.log")
     system = Secure(proc, urls)
     try:

@@ -80,7 +80,7 @@ class CompletionRequest(BaseModel):
 def _options(req: CompletionRequest) -> GenerationOptions:
     stop = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
     return GenerationOptions(
-        max_tokens=req.max_tokens or cfg.max_tokens,
+        max_tokens=min(req.max_tokens or cfg.max_tokens, cfg.max_tokens_limit),  # one request cannot hold a slot for minutes
         temperature=cfg.temperature if req.temperature is None else req.temperature,
         stop=tuple(stop),
     )

@@ -38,6 +38,7 @@ _BANDS = len(_EDGES) - 1
 _RING = 4096  # hops of reference kept (41 s): replies are sent ahead of playback
 _HIST = 256  # hops of input history used by the delay and gain estimates
 _TINY = 1e-12
+_NO_PATH = 160  # hops of our playback without the input following it (headphones): stop guarding
 
 
 def _band_powers(frames: np.ndarray, window: np.ndarray) -> np.ndarray:
@@ -95,6 +96,8 @@ class EchoGuard:
         self._gain_any = np.full(_BANDS, 0.3, np.float32)  # log10 gain priors: echo up to +3 dB over reference
         self._gain_d = np.full(_BANDS, 0.3, np.float32)  # log10 gains over the held reference at the delay
         self.delay: int | None = None  # hops, once measured
+        self._ref_hops = 0  # input hops so far during which our reference played
+        self._matched_at = 0  # `_ref_hops` when the input last followed the reference
         self._delay_votes: deque[int] = deque(maxlen=3)
         self._near: deque[tuple[bool, bool]] = deque(maxlen=int(round(window / HOP_S)))  # (voiced, near-end)
         self._hold = 0  # hops the gate stays open after near-end speech
@@ -170,7 +173,8 @@ class EchoGuard:
         """One input hop's band powers in; the gate gain for that hop out."""
         i = self._hops
         self._hops += 1
-        self._noise = np.where(x < self._noise, x, self._noise * 1.002).astype(np.float32)
+        # noise floor per band: the quietest recent hop, rising slowly (0.9 dB/s); never below -100 dB
+        self._noise = np.maximum(np.where(x < self._noise, x, self._noise * 1.002), 1e-10 / _BANDS).astype(np.float32)
         self._x_hist[i % _HIST] = x
         r_now = self._ref[i % _RING]
         self._r_hist[i % len(self._r_hist)] = r_now
@@ -178,6 +182,15 @@ class EchoGuard:
         self._ref[stale] = 0.0  # free the slot for reference far ahead
         if i - self._ref_last > self._span or not self.enabled:
             self._near.append((False, False))
+            self._hold = 0
+            self.gain = 1.0
+            return 1.0
+        if float(np.sum(r_now)) > 0.0:
+            self._ref_hops += 1
+        if self._ref_hops - self._matched_at > _NO_PATH:  # we play, but the input never follows: no echo path
+            self.delay = None
+            voiced = float(np.sum(x)) > 8.0 * float(np.sum(self._noise))
+            self._near.append((voiced, voiced))
             self._hold = 0
             self.gain = 1.0
             return 1.0
@@ -219,9 +232,10 @@ class EchoGuard:
     def _estimate_gains(self) -> None:
         """Per band: how loud our echo gets relative to the model (a high percentile, so most
         hops of echo stay under it)."""
-        for ring, attr in ((self._ratio_any, "_gain_any"), (self._ratio_d, "_gain_d")):
+        # the any-delay model is a bound for the first words, learnt from few hops: near its maximum
+        for ring, attr, pct in ((self._ratio_any, "_gain_any", 99), (self._ratio_d, "_gain_d", 90)):
             if ring.n >= 30:
-                setattr(self, attr, np.percentile(ring.values(), 90, axis=0).astype(np.float32))
+                setattr(self, attr, np.percentile(ring.values(), pct, axis=0).astype(np.float32))
 
     def _estimate_delay(self) -> None:
         """The lag at which the input's log band envelopes follow the reference's best."""
@@ -247,10 +261,11 @@ class EchoGuard:
         s1 = c1[starts + t] - c1[starts]
         s2 = c2[starts + t] - c2[starts]
         var_r = np.sum(s2 - s1**2 / t, axis=1)
-        corr = num / (np.sqrt(np.sum(xc**2) * np.maximum(var_r, _TINY)))
+        corr = num / np.sqrt(np.maximum(np.sum(xc**2) * var_r, _TINY))
         best = int(np.argmax(corr))
-        if corr[best] < 0.5:
+        if corr[best] < 0.6:
             return
+        self._matched_at = self._ref_hops
         self._delay_votes.append(best)
         if len(self._delay_votes) == 3 and max(self._delay_votes) - min(self._delay_votes) <= 2:
             if self.delay is None or abs(self.delay - best) > 2:  # a new path: measure it afresh

@@ -138,6 +138,7 @@ class Session:
         self._input = asyncio.Lock()  # audio frames and the timer take decisions one at a time
         self._timer: asyncio.Task[None] | None = None
         self.live = LiveTranscriber(services.stt.replicas, init.language, self._on_partial) if self.cfg.streaming_stt else None
+        self._words, self._words_at = "", time.perf_counter()  # the live transcript, and when it last changed
 
     async def start(self) -> None:
         self.detector, self.turn_cap = await new_detector(self.cfg, *self._detector_overrides)
@@ -232,6 +233,12 @@ class Session:
 
     async def _on_partial(self, partial: SttPartial) -> None:
         turn = self.current
+        if partial.text != self._words:
+            self._words, self._words_at = partial.text, time.perf_counter()
+            if turn is not None and turn.by_words and turn.state == TurnState.SPECULATING:
+                async with self._input:  # new words: the speaker was not done after all
+                    if turn.state == TurnState.SPECULATING:
+                        await turn.listen_again()
         if turn is not None and turn.open and partial.text:
             await self.send(TranscriptPartial(turn_id=turn.id, text=partial.text, stable=partial.committed).dump())
 
@@ -278,8 +285,9 @@ class Session:
             asyncio.create_task(self.current.cancel())
         self._turn_ids += 1
         self.current = Turn(self._turn_ids, self.deps, replaces=replaces)
+        self._words, self._words_at = "", time.perf_counter()
 
-    def _speculate(self, audio: np.ndarray, speech_end: float, live: bool = True) -> None:
+    def _speculate(self, audio: np.ndarray, speech_end: float, live: bool = True, by_words: bool = False) -> None:
         """A pause: the current turn computes its answer, output held (confirmed or dropped later)."""
         turn = self.current
         if turn is None or turn.state != TurnState.LISTENING:
@@ -292,6 +300,7 @@ class Session:
         async def sounds_finished() -> float | None:
             return await self.deps.stt.end_of_turn(audio) if self.cfg.end_of_turn_policy != "text" else None
 
+        turn.by_words = by_words
         turn.speculate(speech_end, lambda: self._run(turn, transcribe), sounds_finished)
 
     async def _end_utterance(self) -> None:
@@ -344,9 +353,20 @@ class Session:
         stalled = silence >= det.cfg.max_silence_duration  # the client stopped sending: the utterance is over
         if stalled and p.state == TurnState.LISTENING:  # it stopped mid-word: no pause was ever seen
             self._speculate(det.utterance_since(0), time.perf_counter() - silence)
+        if p.state == TurnState.LISTENING and self._words_stopped():
+            self._speculate(det.utterance_since(0), self._words_at, by_words=True)
+        if p.by_words:  # the room is not silent: time since the last new word stands in for silence
+            silence = time.perf_counter() - self._words_at - self.cfg.words_stopped
         if p.state == TurnState.SPECULATING and (stalled or silence >= self._wait_for(p)):
             self._early = p  # promoted before the detector closed the utterance
             await self._promote(p)
+
+    def _words_stopped(self) -> bool:
+        """No new words for a while, though the detector still hears sound: other people
+        talking, music, a fan. The turn must not wait for the room to fall silent."""
+        return (self.live is not None and bool(self._words) and self.detector.silence == 0.0
+                and time.perf_counter() - self._words_at >= self.cfg.words_stopped
+                and self.detector.utterance_samples >= 2 * STT_RATE)
 
     def _wait_for(self, turn: Turn) -> float:
         """How much silence ends this turn, from what its words and their sound say."""

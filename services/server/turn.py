@@ -89,6 +89,7 @@ class Turn:
         self.typed = text
         self.replaces = replaces
         self.state = TurnState.LISTENING
+        self.by_words = False  # speculating because the words stopped, not the sound (a noisy room)
         self.played_ms: float | None = None  # from client acks
         self.in_history = False  # the session remembered this turn
         self._recorded = False
@@ -113,6 +114,8 @@ class Turn:
         self._pending: list[tuple[Payload, np.ndarray | None]] = []  # held until confirmed: (payload, its audio)
         self._ended = 0  # TTS pieces fully received
         self._seq = 0
+        self._tts: TtsStream | None = None
+        self._skip = 0  # samples of the current piece to drop after a TTS fail-over
 
     # ------------------------------------------------------------------ state
 
@@ -266,6 +269,8 @@ class Turn:
             connect.cancel()
             if tts is None and connect.done() and not connect.cancelled() and connect.exception() is None:
                 tts = connect.result()
+            if self._tts is not None and self._tts is not tts:  # a fail-over replaced it
+                _close_later(self._tts)
             if tts is not None:
                 # Closing is the cancel; do not wait for a slow peer here: a barge-in
                 # awaits this task on the session's input path.
@@ -275,7 +280,8 @@ class Turn:
         chunker = TextChunker(first_max_words=self.deps.first_chunk_max_words)
         spoken = asyncio.Event()
         chat_done = False
-        player = asyncio.create_task(self._play(tts, spoken, lambda: chat_done) if tts else asyncio.sleep(0))
+        self._tts = tts
+        player = asyncio.create_task(self._play(spoken, lambda: chat_done) if tts else asyncio.sleep(0))
         try:
             async for delta in self.deps.chat.stream(messages, self._on_end_of_turn, max_tokens=self.deps.max_tokens):
                 self.mark("first_token")
@@ -285,10 +291,10 @@ class Turn:
                 pieces = chunker.push(delta)
                 if tts:
                     for piece in pieces:
-                        await self._speak(tts, piece)
+                        await self._speak(piece)
             if tts:
                 for piece in chunker.flush():
-                    await self._speak(tts, piece)
+                    await self._speak(piece)
             chat_done = True
             if self._ended >= len(self.pieces):
                 spoken.set()
@@ -305,20 +311,57 @@ class Turn:
         self.mark("end_of_turn")
         self.judged.set()
 
-    async def _speak(self, tts: TtsStream, text: str) -> None:
+    async def _speak(self, text: str) -> None:
         self.mark("first_chunk")
         self.pieces.append(Piece(text))
-        await tts.speak(text, self.deps.voice, str(len(self.pieces) - 1))
-
-    async def _play(self, tts: TtsStream, spoken: asyncio.Event, chat_done: Callable[[], bool]) -> None:
+        assert self._tts is not None
         try:
-            await self._play_events(tts, spoken, chat_done)
+            await self._tts.speak(text, self.deps.voice, str(len(self.pieces) - 1))
+        except UpstreamError:
+            pass  # the player sees the broken stream too, and fails over (this piece included)
+
+    async def _play(self, spoken: asyncio.Event, chat_done: Callable[[], bool]) -> None:
+        try:
+            for attempt in range(2):
+                assert self._tts is not None
+                try:
+                    await self._play_events(self._tts, spoken, chat_done)
+                    return
+                except UpstreamError as exc:
+                    if attempt or self.interrupted or not await self._fail_over(exc):
+                        raise
         finally:
             spoken.set()  # also when the TTS connection breaks: the turn must not wait forever
+
+    async def _fail_over(self, exc: UpstreamError) -> bool:
+        """The TTS replica died mid-answer: speak the rest on another one, from where the
+        audio stopped (Piper is deterministic: the samples already sent are skipped)."""
+        old = self._tts
+        if old is None or old.pool is None or len(old.pool.replicas) < 2:
+            return False
+        if old.replica is not None:
+            old.pool.failed(old.replica)
+        try:
+            new = await TtsStream.connect(old.pool)
+        except UpstreamError:
+            return False
+        self._tts = new
+        _close_later(old)
+        self._skip = self.pieces[self._ended].samples if self._ended < len(self.pieces) else 0
+        for i in range(self._ended, len(self.pieces)):
+            await new.speak(self.pieces[i].text, self.deps.voice, str(i))
+        log.warning("turn %d: TTS replica lost (%s); the rest of the answer goes to another", self.id, exc.detail or exc.message)
+        return True
 
     async def _play_events(self, tts: TtsStream, spoken: asyncio.Event, chat_done: Callable[[], bool]) -> None:
         async for ev in tts.events():
             if isinstance(ev, np.ndarray):
+                if self._skip:  # resent after a fail-over: this part was already sent
+                    cut = min(self._skip, len(ev))
+                    self._skip -= cut
+                    ev = ev[cut:]
+                    if not len(ev):
+                        continue
                 self.mark("first_tts_audio")
                 if self._ended < len(self.pieces):
                     self.pieces[self._ended].samples += len(ev)

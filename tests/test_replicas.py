@@ -1,0 +1,103 @@
+"""Two replicas each of STT and TTS behind one session server: load spreads over both, and
+a replica killed mid-run (and left dead) loses no turn."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import websockets
+
+from shared.session_client import stream_pcm
+from tests.conftest import OUTPUT, ROOT, system_env, wait_ready
+
+pytestmark = pytest.mark.e2e
+BASE = 39300
+PORTS = {"server": BASE, "stt": BASE + 1, "chat": BASE + 2, "tts": BASE + 3, "stt2": BASE + 4, "tts2": BASE + 5}
+
+
+def _serve(name: str, port: int, env: dict[str, str], log) -> subprocess.Popen:  # noqa: ANN001
+    service = name.rstrip("2")
+    env = {**env, f"{service.upper()}_PORT": str(port)}
+    return subprocess.Popen([sys.executable, "-m", "shared.serve", service], cwd=ROOT, env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+@pytest.fixture(scope="module")
+def replicated() -> Iterator[dict[str, subprocess.Popen]]:
+    env = {
+        **system_env(BASE),
+        "SERVER_STT_URLS": f"http://127.0.0.1:{PORTS['stt']},http://127.0.0.1:{PORTS['stt2']}",
+        "SERVER_TTS_URLS": f"ws://127.0.0.1:{PORTS['tts']}/tts/stream,ws://127.0.0.1:{PORTS['tts2']}/tts/stream",
+    }
+    OUTPUT.mkdir(exist_ok=True)
+    log = open(OUTPUT / "replicas.log", "w")  # noqa: SIM115 - closed at the end of the module
+    procs = {name: _serve(name, port, env, log) for name, port in PORTS.items()}
+    try:
+        for name, port in PORTS.items():
+            wait_ready(f"http://127.0.0.1:{port}", 240, procs[name])
+        yield procs
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in procs.values():
+            p.wait(60)
+        log.close()
+
+
+def _served(name: str) -> float:
+    """Requests and streams a replica has answered, from its own metrics."""
+    text = httpx.get(f"http://127.0.0.1:{PORTS[name]}/metrics").text
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("s2s_http_requests_total{") and ('route="/transcribe' in line or 'route="/tts/stream' in line
+                                                            or 'route="/end-of-turn' in line):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def test_load_spreads_and_a_dead_replica_loses_no_turn(replicated, corpus):
+    ws = f"ws://127.0.0.1:{BASE}/ws/"
+    clips = corpus[:4]
+    results = await asyncio.gather(*(stream_pcm(ws, c.audio) for c in clips))  # four at once
+    assert all(r.transcripts and r.audio_seconds() >= 0.5 for r in results)
+    spread = {n: _served(n) for n in ("stt", "stt2", "tts", "tts2")}
+    print(f"\nrequests per replica after 4 concurrent turns: {spread}")
+    assert all(v > 0 for v in spread.values()), spread
+
+    # kill a TTS replica while it speaks: the rest of that answer comes from the other one
+    killed = False
+    async with websockets.connect(ws + "failover", max_size=2**24) as sock:
+        await sock.send(json.dumps({"agentId": "assistant", "userId": "t"}))
+        await sock.send(json.dumps({"type": "transcript", "text": "Tell me three things about the sea."}))
+        got, audio = [], 0
+        while True:
+            msg = json.loads(await asyncio.wait_for(sock.recv(), 30))
+            got.append(msg["type"])
+            if msg["type"] == "tts_stream":
+                audio += 1
+                if not killed:  # the replica this answer streams from, as the server reports it
+                    async with httpx.AsyncClient() as client:
+                        status = (await client.get(f"http://127.0.0.1:{BASE}/status")).json()
+                    (busy,) = [r["url"] for r in status["replicas"]["tts"] if r["in_flight"]]
+                    victim = "tts" if f":{PORTS['tts']}/" in busy else "tts2"
+                    os.killpg(replicated[victim].pid, signal.SIGKILL)
+                    killed = True
+            if msg["type"] == "metrics":
+                break
+    assert killed and "tts_stream_end" in got and "error" not in got, got
+    assert audio >= 5
+
+    # one STT replica dead (and never restarted): every later turn is still answered
+    os.killpg(replicated["stt"].pid, signal.SIGKILL)
+    for clip in corpus[4:6]:
+        res = await stream_pcm(ws, clip.audio)
+        assert res.transcripts and res.audio_seconds() >= 0.5 and not res.of("error")
