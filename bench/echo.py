@@ -8,8 +8,8 @@ reply is played back into the microphone like a client without echo cancellation
 (delayed, attenuated, optionally through a synthetic room with RT60 0.45 s, over
 -55 dBFS hiss). Counts self-turns (a transcript beyond the user's one) and
 self-interruptions (`interrupted` with no one talking over us). With --barge, a second
-session per cell has a second clip start 1.8 s after the first ended (inside the
-reply), and reports whether `interrupted` came.
+session per cell has a second clip start 2.5 s after the first ended (inside the
+reply), and reports whether `interrupted` came. The system prompt asks for long replies.
 """
 
 from __future__ import annotations
@@ -34,6 +34,9 @@ DELAYS = (0.0, 0.04, 0.15, 0.3, 0.45, 0.5)
 GAINS = (0.1, 0.3, 0.6, 0.8, 1.0)
 ROOMS = (0.0, 0.45)
 NOISE_DBFS = -55.0
+# long replies: more of our own voice to hear back, and room for the second clip inside them
+LONG_REPLIES = {"agentId": "assistant", "userId": "bench", "agentName": "Bench",
+                "systemPrompt": "A chatty voice assistant who always answers in four or five long spoken sentences."}
 
 
 def at_level(pcm: np.ndarray, dbfs: float) -> np.ndarray:
@@ -42,8 +45,8 @@ def at_level(pcm: np.ndarray, dbfs: float) -> np.ndarray:
 
 
 async def cell(ws: str, first: np.ndarray, second: np.ndarray | None, loop: tuple[float, float, float, float]) -> dict:
-    pcm = first if second is None else np.concatenate([first, np.zeros(int(1.8 * 16000), np.int16), second])
-    res = await stream_pcm(ws, pcm, tail=8.0, loopback=loop, wait_for_end=2)
+    pcm = first if second is None else np.concatenate([first, np.zeros(int(2.5 * 16000), np.int16), second])
+    res = await stream_pcm(ws, pcm, tail=10.0, loopback=loop, wait_for_end=2, init=LONG_REPLIES)
     users = 1 if second is None else 2
     return {"turns": len(res.transcripts), "self_turns": max(0, len(res.transcripts) - users),
             "interrupted": len(res.of("interrupted")), "audio_s": res.audio_seconds(), "transcripts": res.transcripts}

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from shared.session_client import SessionResult  # noqa: E402
-from shared.wer import wer  # noqa: E402
+from shared.wer import normalise, wer  # noqa: E402
 from tests.conftest import CORPUS, Clip, load_corpus, with_pause  # noqa: E402
 
 RATE = 16000
@@ -178,9 +178,14 @@ def answer_stages(res: SessionResult) -> dict[str, float]:
 
 def one_turn(res: SessionResult, reference: str, max_wer: float = 0.35) -> bool:
     """Answered as one turn: exactly one transcript left (earlier ones `replaces`d), and it
-    covers the whole utterance (WER against the full reference within `max_wer`)."""
+    covers the whole utterance: WER against the full reference within `max_wer`, and its
+    end is the utterance's end (2 of the reference's last 3 words among its last 6), so a
+    turn that lost the words after a pause does not count."""
     final = final_transcripts(res)
-    return len(final) == 1 and wer([reference], [final[0][1]]) <= max_wer
+    if len(final) != 1 or wer([reference], [final[0][1]]) > max_wer:
+        return False
+    tail = normalise(final[0][1])[-6:]
+    return sum(w in tail for w in normalise(reference)[-3:]) >= min(2, len(normalise(reference)))
 
 
 def pct(xs: Sequence[float], q: float) -> float:

@@ -53,7 +53,8 @@ async def pauses(ws: str, name: str, utts: list[Utterance]) -> list[dict]:
         row = {"id": u.id, "pause": u.pauses[0] if name != "long" else None, "pauses": list(u.pauses),
                "early": res.early_audio > 0, "transcripts": len(res.transcripts), "turns": len(final_transcripts(res)),
                "one_turn": one_turn(res, u.reference), "merged": sum(m.get("replaces") is not None for m in res.of("transcript")),
-               "latency_ms": None if lat is None else lat * 1000}
+               "latency_ms": None if lat is None else lat * 1000, "ref": u.reference,
+               "final": [t for _, t in final_transcripts(res)]}
         rows.append(row)
         print(f"  [{name}] {u.id[:48]:48s} pauses {','.join(f'{p:.2f}' for p in u.pauses):15s} one turn {row['one_turn']!s:5s} "
               f"(transcripts {row['transcripts']}, replaces {row['merged']})  early {row['early']!s:5s}  "

@@ -125,7 +125,7 @@ class ServerSettings(BaseSettings):
         "both", description="cues that end a turn: the words (punctuation, language model), the sound (Smart Turn), or both")
     audio_end_threshold: float = Field(0.5, ge=0, le=1, description="Smart Turn P(finished) at which the speech sounds finished")
     audio_sure_threshold: float = Field(0.9, ge=0, le=1, description="... so clearly that finished words need no language-model agreement")
-    sure_silence: float = Field(0.25, ge=0.05, description="silence that ends a turn whose words and sound both say finished")
+    sure_silence: float = Field(0.45, ge=0.05, description="silence that ends a turn whose words and sound both say finished")
     unfinished_max_silence: float = Field(2.5, ge=0.1, le=10, description="silence a turn may wait when words and sound both say unfinished")
     words_stopped: float = Field(1.5, ge=0.5, le=10, description="no new words for this long while sound goes on (a noisy room) counts as a pause")
     echo_threshold: float = Field(0.85, description="loudness-contour correlation with our own playback that marks input as echo (>1: off)")

@@ -158,6 +158,27 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
+def trimmed(pcm: np.ndarray, drop_db: float = 35.0) -> np.ndarray:
+    """The clip without its leading and trailing silence (10 ms hops within `drop_db` of the peak)."""
+    x = pcm.astype(np.float32) / 32768
+    hop = 160
+    e = 10 * np.log10(np.array([np.mean(x[i : i + hop] ** 2) for i in range(0, len(x) - hop, hop)]) + 1e-12)
+    voiced = np.nonzero(e > e.max() - drop_db)[0]
+    return pcm[voiced[0] * hop : (voiced[-1] + 1) * hop]
+
+
+def babble(corpus: list[Clip], exclude_speaker: str, seconds: float, rms: float) -> np.ndarray:
+    """Other people talking: six other speakers' clips looped and summed, at `rms` (float scale)."""
+    others = [c for c in corpus if c.id.split("-")[0] != exclude_speaker][:6]
+    n = int(seconds * 16000)
+    out = np.zeros(n, np.float32)
+    for k, o in enumerate(others):
+        x = np.tile(o.audio.astype(np.float32) / 32768, n // len(o.audio) + 2)
+        off = (k * 7919) % len(o.audio)
+        out += x[off : off + n]
+    return out * rms / np.sqrt(np.mean(out**2) + 1e-12)
+
+
 @pytest.fixture(scope="session")
 def system() -> Iterator[System]:
     tap = ChatTap(f"http://127.0.0.1:{BASE_PORT + 2}", BASE_PORT + 10).start()

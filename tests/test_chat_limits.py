@@ -96,11 +96,15 @@ def test_streaming_overflow_is_400_before_the_stream(chat):
 
 @e2e
 def test_reply_budget_counts_towards_the_context(chat):
-    r = complete(chat, {"messages": [{"role": "user", "content": "Hello."}], "max_tokens": 4000})
-    assert r.status_code == 400
+    # ~1600-1800 prompt tokens: they fit, but not with 500 more for the reply
+    # (max_tokens is clamped to CHAT_MAX_TOKENS_LIMIT, 512 by default)
+    words = [{"role": "user", "content": long_text(700)}, {"role": "assistant", "content": "Okay."},
+             {"role": "user", "content": long_text(700)}]
+    r = complete(chat, {"messages": words, "max_tokens": 500})
+    assert r.status_code == 400, r.text
     body = r.json()
-    assert body["prompt_tokens"] < CONTEXT and body["max_tokens"] == 4000
-    assert "reply needs up to 4000 more" in body["error"]
+    assert body["prompt_tokens"] < CONTEXT and body["max_tokens"] == 500
+    assert "reply needs up to 500 more" in body["error"]
 
 
 @e2e

@@ -36,6 +36,13 @@ async def test_clip_gets_a_spoken_answer(system, corpus, index):
     assert kinds.index("tts_stream_end") > max(i for i, k in enumerate(kinds) if k == "tts_stream")
     chunk = res.of("tts_stream")[0]["data"]
     assert chunk["sample_rate"] == 24000 and chunk["format"] == "pcm_f32le"
+    partials = [e for e in res.events if e.type == "transcript_partial"]
+    if len(clip.audio) > 2 * 16000:  # live captions while the user speaks
+        assert partials and partials[0].t < res.speech_end
+    stable = ""
+    for p in partials:  # the stable part only grows, and each caption starts with it
+        assert p.msg["text"].startswith(p.msg["stable"]) and p.msg["stable"].startswith(stable)
+        stable = p.msg["stable"]
     (metrics,) = res.of("metrics")
     assert {"stt", "first_token", "first_audio_sent"} <= set(metrics["stages"])
     assert res.early_audio == 0  # never speaks before the user finished

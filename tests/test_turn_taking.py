@@ -17,7 +17,7 @@ import websockets
 from shared.audio import resample
 from shared.session_client import stream_pcm
 from shared.wer import normalise, wer
-from tests.conftest import with_pause
+from tests.conftest import babble, trimmed, with_pause
 
 pytestmark = pytest.mark.e2e
 FRAME = 320
@@ -126,6 +126,56 @@ async def test_long_pause_inside_a_sentence_does_not_split_it(system, corpus):
     assert len(res.transcripts) == 1
     assert wer([clip.transcript], res.transcripts) <= 0.3
     assert res.early_audio == 0 and res.of("interrupted") == []
+
+
+def one_turn(res) -> str:  # noqa: ANN001
+    """The utterance was answered as one turn: a single transcript, or later ones that each
+    `replaces` the one before (a merged turn repeats the earlier words). Its final words."""
+    msgs = res.of("transcript")
+    assert msgs, "no transcript"
+    for earlier, later in zip(msgs, msgs[1:], strict=False):
+        assert later.get("replaces") == earlier["turn_id"], msgs
+    return msgs[-1]["text"]
+
+
+async def test_a_long_pause_inside_an_unfinished_sentence_stays_one_turn(system, corpus):
+    clip = by_length(corpus)[-2]
+    paused, at = with_pause(clip.audio, 1.6)  # longer than the 0.9 s cap for unsure turns
+    res = await stream_pcm(system.ws, paused, tail=3.5)
+    final = one_turn(res)
+    print(f"\n{clip.id} with a 1.6 s pause at {at:.2f}s: {res.transcripts}, early audio {res.early_audio}")
+    assert wer([clip.transcript], [final]) <= 0.3
+
+
+async def test_a_merged_turn_says_which_turn_it_replaces(system, corpus):
+    """A finished sentence, a 0.7 s pause (answered early), then the speaker goes on."""
+    first, second = by_length(corpus)[6], by_length(corpus)[9]
+    gap = np.zeros(int(0.7 * 16000), np.int16)
+    res = await stream_pcm(system.ws, np.concatenate([trimmed(first.audio), gap, trimmed(second.audio)]), tail=3.0)
+    msgs = res.of("transcript")
+    print(f"\n{first.id} + {second.id}: {[(m['turn_id'], m.get('replaces'), m['text']) for m in msgs]}")
+    final = one_turn(res)
+    assert wer([first.transcript + " " + second.transcript], [final]) <= 0.3
+    if len(msgs) > 1:  # an early answer came (the first sentence read finished): the link must be there
+        assert msgs[-1]["replaces"] == msgs[0]["turn_id"]
+
+
+async def test_a_turn_ends_while_other_people_keep_talking(system, corpus):
+    """Babble at 20 dB SNR that goes on for 8 s after the speaker stops: the answer must
+    come while it goes on, not once the room falls silent."""
+    clip = by_length(corpus)[12]
+    speech = trimmed(clip.audio).astype(np.float32) / 32768
+    voiced = speech[np.abs(speech) > 0.01]
+    room = babble(corpus, clip.id.split("-")[0], len(speech) / 16000 + 8.0, float(np.sqrt(np.mean(voiced**2))) / 10)
+    room[: len(speech)] += speech
+    pcm = (np.clip(room, -1, 1) * 32767).astype(np.int16)
+    res = await stream_pcm(system.ws, pcm, lead=0.0, tail=0.5, wait_for_end=5)
+    assert res.transcripts and wer([clip.transcript], [res.transcripts[-1]]) <= 0.4
+    first = next((e.t for e in res.events if e.type in ("tts_stream", "response_text")), None)
+    sent_all = res.speech_end  # stream_pcm marks the end of the (babble-loud) stream's last voiced frame
+    print(f"\n{clip.id} in babble: {res.transcripts}; answer {None if first is None else round(first - sent_all, 2)} s "
+          "relative to the end of the babble")
+    assert first is not None and (sent_all is None or first < sent_all)  # answered while the others still talked
 
 
 async def test_noise_alone_yields_no_turn(system):

@@ -77,6 +77,10 @@ class EchoGuard:
         self._span = self._d_max + self._tail + 2  # lookback of the echo model, hops
         # conservative reverb: the held reference decays by 60 dB per `rt60`
         self._decay = 10 ** (-6.0 * HOP_S / rt60)
+        self._lags = np.arange(self._span)
+        # any delay: the loudest reference of the whole delay range, then the room's decay
+        self._w_any = np.where(self._lags <= self._d_max, 1.0, self._decay ** (self._lags - self._d_max))[:, None]
+        self._w_d: tuple[int, np.ndarray] | None = None
         self._w_in, self._w_out = np.hanning(2 * _HOP + 1)[:-1], np.hanning(2 * _HOP_OUT + 1)[:-1]
         self._ref = np.zeros((_RING, _BANDS), np.float32)  # reference band power by input hop index
         self._ref_last = -(10**9)  # newest hop index holding reference
@@ -109,7 +113,7 @@ class EchoGuard:
     def on_output(self, chunk24k: np.ndarray, play_start: float) -> None:
         """A chunk the client will play starting at wall time `play_start`."""
         x = np.asarray(chunk24k, np.float32)
-        if abs(play_start - self._out_next) > 0.005:  # not back to back with the last chunk: a new burst
+        if abs(play_start - (self._out_next + len(self._out_tail) / OUT_RATE)) > 0.005:  # not back to back: a new burst
             self._out_tail, self._out_prev = np.zeros(0, np.float32), np.zeros(_HOP_OUT, np.float32)
             self._out_next = play_start
         buf = np.concatenate([self._out_tail, x])
@@ -121,7 +125,18 @@ class EchoGuard:
             self._out_prev = buf[(k - 1) * _HOP_OUT : k * _HOP_OUT]
         self._out_tail = buf[k * _HOP_OUT :]
         self._out_next += k * HOP_S
-        self._out_next_end = play_start + len(x) / OUT_RATE
+
+    def stop(self, at: float) -> None:
+        """Playback was cut at wall time `at` (barge-in: the client drops what it holds)."""
+        self._out_tail, self._out_next = np.zeros(0, np.float32), -1.0
+        if self._t0 is None:
+            self._pending.clear()
+            return
+        self._place()
+        cut = int(round((at - self._t0) / HOP_S))
+        if self._ref_last >= cut:
+            self._ref[np.arange(max(cut, self._hops - self._span), self._ref_last + 1) % _RING] = 0.0
+            self._ref_last = cut - 1
 
     def _place(self) -> None:
         """Put pending reference hops on the input's hop clock."""
@@ -131,9 +146,8 @@ class EchoGuard:
             first = int(round((t_end - self._t0) / HOP_S)) - 1
             lo = max(first, self._hops - self._span)  # older than the model looks back: useless
             hi = min(first + len(p), self._hops + _RING - self._span - 1)  # would overwrite what is still needed
-            for h in range(lo, hi):
-                self._ref[h % _RING] = p[h - first]
             if hi > lo:
+                self._ref[np.arange(lo, hi) % _RING] = p[lo - first : hi - first]
                 self._ref_last = max(self._ref_last, hi - 1)
 
     # ------------------------------------------------------------------ input
@@ -194,16 +208,13 @@ class EchoGuard:
             self._hold = 0
             self.gain = 1.0
             return 1.0
-        lags = np.arange(self._span)
-        recent = self._ref[(i - lags) % _RING]  # (lag, band)
-        w_any = np.where(lags <= self._d_max, 1.0, self._decay ** (lags - self._d_max))
-        m_any = np.max(recent * w_any[:, None], axis=0)
+        recent = self._ref[(i - self._lags) % _RING]  # (lag, band)
+        m_any = np.max(recent * self._w_any, axis=0)
         held = None
         echo = m_any * 10**self._gain_any
         if self.delay is not None:
             d = self.delay
-            w_d = np.where(lags < d - 2, 0.0, np.where(lags <= d + 2, 1.0, self._decay ** np.maximum(lags - d - 2, 0)))
-            held = np.max(recent * w_d[:, None], axis=0)
+            held = np.max(recent * self._w_delay(d), axis=0)
             if self._ratio_d.n >= 30:
                 echo = held * 10**self._gain_d
         residual = np.maximum(x - 2.0 * echo - 4.0 * self._noise, 0.0)
@@ -272,6 +283,14 @@ class EchoGuard:
                 self._ratio_d.clear()
                 self._gain_d = self._gain_any.copy()
             self.delay = best
+
+    def _w_delay(self, d: int) -> np.ndarray:
+        """Known delay: the reference within +-20 ms of it (play clock jitter), then the room's decay."""
+        if self._w_d is None or self._w_d[0] != d:
+            lags = self._lags
+            w = np.where(lags < d - 2, 0.0, np.where(lags <= d + 2, 1.0, self._decay ** np.maximum(lags - d - 2, 0)))
+            self._w_d = (d, w[:, None])
+        return self._w_d[1]
 
     def audible(self) -> bool:
         """Could the input still hold our echo (playback, its delay and the room's tail)?"""

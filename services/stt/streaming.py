@@ -5,7 +5,7 @@ the buffer is decoded again; tokens that two consecutive passes agree on, up to 
 boundary, are committed and never change. Committed tokens are forced as the decoder
 prefix of later passes (one batched step, so a pass only generates the uncommitted
 tail), and text before the buffer is the prompt. Once the buffer is longer than
-`TRIM_AFTER`, it is cut before its last committed word (word times from the
+`TRIM_AFTER`, it is cut before its last two committed words (word times from the
 cross-attention alignment), so windows, passes and the final decode stay short.
 
 A pass is never queued behind another pass of the same stream: the next one starts
@@ -73,6 +73,7 @@ class StreamState:
         self.hyp: list[int] = []  # the last pass's uncommitted tokens
         self.new_samples = 0
         self.passes, self.max_rtf, self.overflowed = 0, 0.0, False
+        self.every = PASS_EVERY  # grows when passes are slow, so they never fall behind the audio
 
     def configure(self, msg: SttConfig) -> None:
         if msg.language is not None:
@@ -98,7 +99,7 @@ class StreamState:
         return len(x) - len(kept)
 
     def pass_due(self) -> bool:
-        return self.new_samples >= PASS_EVERY * STT_RATE
+        return self.new_samples >= self.every * STT_RATE
 
     def snapshot(self, final: bool) -> Snapshot:
         covered, self.new_samples = self.new_samples / STT_RATE, 0
@@ -127,8 +128,8 @@ class StreamState:
         return (self.committed, self.hyp) != before
 
     def _trim(self, words: list[tuple[int, float, float]]) -> None:
-        """Cut the buffer before the last committed word: the text before the cut becomes prompt,
-        that word stays a forced prefix, so a cut a little inside a word loses nothing."""
+        """Cut the buffer before the last KEEP_WORDS committed words: the text before the cut becomes
+        prompt, those words stay a forced prefix, so a cut a little inside a word loses nothing."""
         ends, tokens = [], 0
         for n, _, end in words:
             if tokens + n > len(self.prefix):
@@ -275,7 +276,9 @@ class StreamConnection:
                 continue
             t0, snap = time.perf_counter(), st.snapshot(final=False)
             d = await self.scheduler.run("partial", decode, self.engine, snap)
-            rtf = (time.perf_counter() - t0) / max(snap.covered, 1e-3)
+            took = time.perf_counter() - t0
+            rtf = took / max(snap.covered, 1e-3)
+            st.every = max(PASS_EVERY, 1.5 * took)  # a slow pass (busy worker) spaces the next ones out
             st.passes, st.max_rtf = st.passes + 1, max(st.max_rtf, rtf)
             PASS_REALTIME_FACTOR.observe(rtf)
             if st.apply(snap, d):

@@ -64,7 +64,7 @@ class VoiceRef(_In):
 class SpeechRequest(_In):
     model: str = Field("tts-1", max_length=100)
     input: str = Field(min_length=1, max_length=MAX_TEXT)
-    voice: str | VoiceRef = Field(max_length=100)
+    voice: Annotated[str, Field(max_length=100)] | VoiceRef  # the bound on the str alone: a VoiceRef has no length
     instructions: str | None = Field(None, max_length=MAX_TEXT, description="accepted, not used by the embedded voices")
     response_format: AudioFormat = "mp3"
     speed: float = Field(1.0, ge=0.25, le=4.0)
@@ -99,7 +99,7 @@ class ChatMessageIn(_In):
 
 
 class AudioOut(_In):
-    voice: str | VoiceRef = Field("alloy", max_length=100)
+    voice: Annotated[str, Field(max_length=100)] | VoiceRef = "alloy"
     format: Literal["wav", "mp3", "flac", "opus", "aac", "pcm16"] = "wav"
 
     @property

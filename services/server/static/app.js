@@ -499,7 +499,19 @@ function onMessage(m) {
       }
       if (ui.activity.dataset.state === "user") setActivity("thinking", "Thinking…");
       break;
+    case "transcript_partial": {
+      // live captions: the stable part will not change, the rest may
+      if (turns.has(m.turn_id)) break;
+      showPendingUser(m.text);
+      pendingUser.dataset.stable = m.stable;
+      break;
+    }
     case "transcript": {
+      if (m.replaces != null && turns.has(m.replaces)) {
+        // the user had not finished: this turn repeats and extends that one's words
+        turns.get(m.replaces).li.remove();
+        turns.delete(m.replaces);
+      }
       audioTurn = Math.max(audioTurn, m.turn_id);
       const i = turns.has(m.turn_id) ? -1 : typed.indexOf(m.text.trim());
       if (i >= 0) typed.splice(i, 1);
