@@ -30,9 +30,15 @@ class UpstreamError(Exception):
     """A failed call to one of our services. `message` is for the user (short, no upstream
     text); `detail` is for the log; `retryable` says whether trying again may succeed."""
 
-    def __init__(self, service: str, message: str, retryable: bool = True, detail: str = "") -> None:
+    def __init__(self, service: str, message: str, retryable: bool = True, detail: str = "", status: int | None = None) -> None:
         super().__init__(f"{service}: {message}" + (f" ({detail})" if detail else ""))
         self.service, self.message, self.retryable, self.detail = service, message, retryable, detail
+        self.status = status  # the service's HTTP status, when it answered at all
+
+    @property
+    def bad_request(self) -> bool:
+        """Our service refused the request itself (too long, invalid options): the caller's fault."""
+        return self.status is not None and 400 <= self.status < 500 and self.status != 429
 
 
 PUBLIC = {"stt": "speech recognition", "chat": "the language model", "tts": "speech synthesis"}
@@ -47,7 +53,7 @@ def _unreachable(service: str, exc: BaseException) -> UpstreamError:
 def _refused(service: str, r: httpx.Response) -> UpstreamError:
     retryable = r.status_code >= 500 or r.status_code == 429
     what = "is busy or restarting" if retryable else "refused the request"
-    return UpstreamError(service, f"{PUBLIC[service]} {what}", retryable, _detail(r))
+    return UpstreamError(service, f"{PUBLIC[service]} {what}", retryable, _detail(r), r.status_code)
 
 
 async def on_replicas(pool: Replicas, call: Callable[[Replica], Awaitable[T]]) -> T:

@@ -14,6 +14,11 @@ LANGUAGE = r"^[a-z]{2,3}(-[A-Za-z]{2,4})?$"  # ISO 639 code, optional region: en
 VOICE_ID = r"^[A-Za-z0-9_.-]{1,64}$"  # a catalog id (GET :8003/voices), never a path
 
 
+# A chat request's stop sequences, as the chat service accepts them (and so the gateway too)
+StopSequence = Annotated[str, Field(min_length=1, max_length=64)]
+StopSequences = Annotated[list[StopSequence], Field(max_length=4)] | StopSequence | None
+
+
 def first_error(exc: ValidationError) -> str:
     """The first validation problem as `field: reason`, for a client-facing error message."""
     err = exc.errors()[0]

@@ -37,7 +37,7 @@ COUNTING = [{"role": "user", "content": "Count to sixty."}, {"role": "assistant"
 
 @pytest.fixture(scope="module")
 def chat() -> Iterator[str]:
-    proc, url = start_chat(BASE_PORT + 2, "chat-batching.log", parallel=4)
+    proc, url = start_chat(BASE_PORT + 42, "chat-batching.log", parallel=4)
     try:
         yield url
     finally:

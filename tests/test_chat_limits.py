@@ -50,7 +50,7 @@ def stop_chat(proc: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="module")
 def chat() -> Iterator[str]:
-    proc, url = start_chat(BASE_PORT + 2, "chat-limits.log")
+    proc, url = start_chat(BASE_PORT + 43, "chat-limits.log")
     try:
         yield url
     finally:

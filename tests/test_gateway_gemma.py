@@ -7,6 +7,7 @@ import asyncio
 import base64
 import io
 import json
+from difflib import SequenceMatcher
 
 import httpx
 import numpy as np
@@ -58,7 +59,13 @@ def test_text_to_speech_doc_examples(system: System) -> None:
     with httpx.stream("POST", system.server + "/v1/text-to-speech", json={"text": text2, "stream": True, "format": "wav"}, timeout=60) as s:
         assert s.status_code == 200 and s.headers["content-type"] == "audio/wav"
         data = b"".join(s.iter_bytes())
-    assert wer([text2], [stt(system, decode_audio(data, 16000))]) <= 0.34
+    # a brand name: Whisper may split or join its words ("Open Audio Power DAPI"), so compare letters
+    heard = stt(system, decode_audio(data, 16000))
+    assert SequenceMatcher(None, letters(text2), letters(heard)).ratio() >= 0.85, heard
+
+
+def letters(text: str) -> str:
+    return "".join(c for c in text.lower() if c.isalpha())
 
 
 def test_dialogue_audio_and_text(system: System, clip: Clip) -> None:

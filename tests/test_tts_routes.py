@@ -31,7 +31,7 @@ from shared.protocol import VoiceInfo
 from tests.test_cloud_tts import TONE, fake_cartesia, fake_elevenlabs
 from tests.test_tts_voices import start_tts, stop_tts
 
-PORT = int(os.environ.get("TEST_BASE_PORT", "18000")) + 4
+PORT = int(os.environ.get("TEST_BASE_PORT", "18000")) + 45
 URL = f"http://127.0.0.1:{PORT}"
 WS = f"ws://127.0.0.1:{PORT}"
 MAX_BYTES = 1_500_000

@@ -24,7 +24,7 @@ from shared.audio import OUT_RATE, f32le_to_float
 from tests.conftest import ROOT, wait_ready
 
 pytestmark = pytest.mark.e2e
-PORT = int(os.environ.get("TEST_BASE_PORT", "18000")) + 3
+PORT = int(os.environ.get("TEST_BASE_PORT", "18000")) + 44  # not the `system` fixture's TTS port
 URL = f"http://127.0.0.1:{PORT}"
 WS = f"ws://127.0.0.1:{PORT}/tts/stream"
 TEXT = "The quick brown fox jumps over the lazy dog."

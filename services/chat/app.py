@@ -9,7 +9,6 @@ import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
-from typing import Annotated
 
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
@@ -18,6 +17,7 @@ from services.chat.engines.base import ChatEngine, ChatMessage, EndOfTurn, Gener
 from services.chat.engines.groq import GroqEngine
 from shared.config import ChatSettings
 from shared.logs import setup_logging, user_text
+from shared.protocol import StopSequences
 from shared.service import ServiceError, create_service, require_ready
 
 log = setup_logging("chat")
@@ -63,7 +63,6 @@ async def load() -> dict[str, int]:
     return {"in_flight": max(_active - queued, 0), "queued": queued, "slots": engine.slots}
 
 
-_Stop = Annotated[str, Field(min_length=1, max_length=64)]
 
 
 class CompletionRequest(BaseModel):
@@ -72,7 +71,7 @@ class CompletionRequest(BaseModel):
     stream: bool = False
     max_tokens: int | None = Field(None, ge=1, le=4096)
     temperature: float | None = Field(None, ge=0, le=2)
-    stop: Annotated[list[_Stop], Field(max_length=4)] | _Stop | None = None
+    stop: StopSequences = None
     end_of_turn: bool = Field(False, description="extension: first SSE event is {'object': 'end_of_turn', 'probability'} "
                               "(how finished the last user message reads), when the engine supports it")
 

@@ -45,6 +45,9 @@ def from_upstream(exc: UpstreamError) -> GatewayError:
     what = {"stt": "speech recognition", "chat": "the language model", "tts": "speech synthesis"}.get(exc.service, exc.service)
     if exc.retryable:
         return GatewayError(503, f"{what} is unavailable right now; retry later", code="upstream_unavailable")
+    if exc.bad_request:  # e.g. longer than the model's context: the request, not the service, is at fault
+        return GatewayError(400, f"{what} cannot take this request (too long, or options it does not accept)",
+                            code="upstream_rejected")
     return GatewayError(502, f"{what} failed on this input", code="upstream_failed")
 
 

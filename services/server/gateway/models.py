@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from services.server.gateway.encode import AudioFormat
+from shared.protocol import StopSequences
 
 MAX_TEXT = 4096  # OpenAI's limit for speech input
 
@@ -116,7 +117,7 @@ class ChatRequest(_In):
     max_tokens: int | None = Field(None, ge=1, le=4096)
     max_completion_tokens: int | None = Field(None, ge=1, le=4096)
     temperature: float | None = Field(None, ge=0, le=2)
-    stop: list[str] | str | None = None
+    stop: StopSequences = None
 
     @property
     def wants_audio(self) -> bool:
@@ -136,7 +137,7 @@ class GenerateRequest(_In):
     top_p: float = Field(0.95, ge=0, le=1)
     top_k: int = Field(40, ge=0)
     repeat_penalty: float = Field(1.1, ge=0)
-    stop: list[str] | None = Field(None, max_length=8)
+    stop: StopSequences = None
     seed: int | None = Field(None, ge=0)
 
 
