@@ -163,8 +163,8 @@ def test_audio_fuzzing_gets_4xx_never_500(secure, corpus):
 
 
 async def _kill_mid_turn(secure, clip, service: str, when: str) -> tuple[float, list[str]]:
-    """Stream a clip; kill `service` when the first `when` message arrives. Seconds from
-    the kill to the `<service>_failed` error, and the error codes seen."""
+    """A turn (spoken for STT, typed for chat and TTS); kill `service` when the first `when`
+    message arrives. Seconds from the kill to the `<service>_failed` error, and the error codes seen."""
     port = int(secure.urls[service].rsplit(":", 1)[1])
     killed_at: list[float] = []
     err_at: list[float] = []
@@ -180,7 +180,11 @@ async def _kill_mid_turn(secure, clip, service: str, when: str) -> tuple[float, 
                 await ws.send(pcm[i : i + 320].tobytes())
                 await asyncio.sleep(0.02)
 
-        feeder = asyncio.create_task(feed())
+        if service == "stt":  # STT is on the latency path of spoken turns only
+            feeder = asyncio.create_task(feed())
+        else:  # a typed turn streams at once: chat and TTS are still at work when the first output comes
+            feeder = asyncio.create_task(asyncio.sleep(0))
+            await ws.send(json.dumps({"type": "transcript", "text": "Please tell me a long story about the sea, with many details."}))
         try:
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline and not err_at and not answered:

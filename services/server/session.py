@@ -130,7 +130,7 @@ class Session:
         self._send_lock = asyncio.Lock()
         self._odd_byte = b""
         self._play_until = 0.0  # wall clock when the client will have played all it got
-        self._utterance = "normal"  # "normal" | "ignored" (talk-over we ignore) | "echo" (our voice) | "barge" (may interrupt)
+        self._utterance = "normal"  # "normal" | "ignored" (backchannel, echo) | "barge" (may interrupt)
         self._barge_onset = 0.0
         self._closed = False
         self._early: Turn | None = None
@@ -217,7 +217,7 @@ class Session:
         if x.size == 0:
             return
         now = self._last_audio = time.perf_counter()
-        x = self.echo.on_input(x, now)  # our own voice coming back is turned down before the detector hears it
+        self.echo.on_input(x, now)
         events = await asyncio.to_thread(self.detector.push, x) if self._neural else self.detector.push(x)
         async with self._input:
             await self._stream_utterance()
@@ -245,7 +245,7 @@ class Session:
     async def _on_event(self, ev: object, speech_end: float) -> None:
         if isinstance(ev, SpeechStarted):
             self._utterance, self._early = "normal", None  # a new utterance continues nothing
-            if self.speaking() or self.echo.audible():  # our echo tail outlives the play clock
+            if self.speaking():
                 # while we talk, speech only counts once it lasts longer than a backchannel
                 # and does not follow our own voice (see _check_progress)
                 self._barge(ev.t)
@@ -334,11 +334,10 @@ class Session:
     async def _check_progress(self) -> None:
         """Time-based decisions that are not detector events."""
         det = self.detector
-        if self._utterance in ("barge", "echo") and det.in_speech and det.silence == 0.0 and det.time - self._barge_onset >= self.cfg.backchannel_max:
-            if (self.speaking() or self.echo.audible()) and self.echo.is_echo():
-                if self._utterance != "echo":
-                    log.info("speech follows our own playback: echo, ignored")
-                self._utterance = "echo"  # still checked: someone may start talking over it
+        if self._utterance == "barge" and det.in_speech and det.silence == 0.0 and det.time - self._barge_onset >= self.cfg.backchannel_max:
+            if self.speaking() and self.echo.is_echo():
+                self._utterance = "ignored"
+                log.info("speech follows our own playback: echo, ignored")
             else:
                 self._utterance = "normal"
                 if self._early is not None:  # the user went on after an early answer: one turn
@@ -469,7 +468,6 @@ class Session:
         sent_ms = turn.sent_samples / OUT_RATE * 1000
         played_ms = turn.played_ms if turn.played_ms is not None else max(0.0, sent_ms - unplayed * 1000)
         self._play_until = 0.0
-        self.echo.stop(time.perf_counter())  # the client drops what it had not played: no echo of it will come
         INTERRUPTIONS.inc()
         turn.record("merged" if merged else "interrupted")
         await self.send(Interrupted(turn_id=turn.id, played_ms=round(played_ms, 1)).dump())
