@@ -69,11 +69,7 @@ def _stt_response(tr: up.Transcript) -> SttResponse:
 @router.post("/v1/speech-to-text", response_model=SttResponse, summary="Transcribe an uploaded audio file",
              openapi_extra=multipart_doc(SttForm, "file"))
 async def speech_to_text(request: Request) -> SttResponse:
-    form = await up.read_form(request)
-    data, filename, ctype = await up.read_upload(form, "file")
-    opts = SttForm.model_validate({k: v for k, v in form.multi_items() if isinstance(v, str)})
-    tr = await up.transcribe(request, data, filename, ctype, language=opts.language, prompt=opts.prompt,
-                             temperature=opts.temperature)
+    tr, _ = await up.transcribe_upload(request, SttForm)
     return _stt_response(tr)
 
 

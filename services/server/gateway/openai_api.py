@@ -63,11 +63,7 @@ def subtitles(segments: list[Segment], fmt: str) -> str:
 @router.post("/v1/audio/transcriptions", summary="Transcribe an audio file (OpenAI createTranscription)",
              openapi_extra=multipart_doc(TranscriptionForm, "file"))
 async def transcriptions(request: Request) -> Response:
-    form = await up.read_form(request)
-    data, filename, ctype = await up.read_upload(form, "file")
-    opts = TranscriptionForm.model_validate({k: v for k, v in form.multi_items() if isinstance(v, str)})
-    tr = await up.transcribe(request, data, filename, ctype, language=opts.language, prompt=opts.prompt,
-                             temperature=opts.temperature)
+    tr, opts = await up.transcribe_upload(request, TranscriptionForm)
     segments = [Segment(id=s.id, start=s.start, end=s.end, text=s.text, temperature=opts.temperature or 0.0) for s in tr.segments]
     if opts.stream:
         async def events() -> AsyncIterator[str]:

@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import httpx
 import numpy as np
@@ -179,6 +179,25 @@ async def transcribe(
     if not segments and text:  # an STT service without segments: the whole file is one
         segments = [Segment(0, 0.0, duration, text)]
     return Transcript(text, str(body.get("language") or language or "en"), duration, segments, time.perf_counter() - t0)
+
+
+class _SttOptions(Protocol):
+    language: str | None
+    prompt: str | None
+    temperature: float | None
+
+
+Opts = TypeVar("Opts", bound=_SttOptions)
+
+
+async def transcribe_upload(request: Request, options: type[Opts]) -> tuple[Transcript, Opts]:
+    """A multipart upload (`file` plus form fields validated by `options`) transcribed:
+    what every API family's speech-to-text route does before shaping its answer."""
+    form = await read_form(request)
+    data, filename, ctype = await read_upload(form, "file")
+    opts = options.model_validate({k: v for k, v in form.multi_items() if isinstance(v, str)})  # type: ignore[attr-defined]
+    tr = await transcribe(request, data, filename, ctype, language=opts.language, prompt=opts.prompt, temperature=opts.temperature)
+    return tr, opts
 
 
 # ---------------------------------------------------------------- chat
