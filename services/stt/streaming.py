@@ -37,6 +37,7 @@ HOLD_WORDS = 4  # the newest words of a hypothesis are never committed: they may
 KEEP_WORDS = 2  # committed words left in the buffer (as forced prefix) when it is cut
 CUT_MARGIN = 0.1  # seconds: cut this much before the end of the word, in case the aligned time is late
 MAX_BUFFER = 30.0  # seconds of untrimmed audio held per connection (Whisper's window); more is dropped
+LOOP_WORDS = 4  # a run of this many words said twice in one utterance is Whisper looping, not speech
 MAX_CONTEXT_KEEP = 200  # committed tokens kept as prompt material
 
 
@@ -160,6 +161,12 @@ class StreamState:
         for k in range(min(len(words), len(full) // 2), 2, -1):
             if full[-k:] == full[-2 * k : -k]:
                 return ids[: starts[len(words) - k]]
+        # a loop that ends mid-phrase: the tail from the first 4 words said already earlier in the utterance
+        n = LOOP_WORDS
+        for j in range(len(words) - n + 1):
+            earlier, gram = full[: len(done) + j], words[j : j + n]
+            if any(earlier[i : i + n] == gram for i in range(len(earlier) - n + 1)):
+                return ids[: starts[j]]
         return ids
 
     def _rejected(self, d: WindowDecode) -> bool:
@@ -174,7 +181,8 @@ class StreamState:
         return SttPartial(committed=committed, tail=tail.rstrip(), text=(committed + tail).rstrip())
 
     def final(self, d: WindowDecode | None) -> str:
-        tail = "" if d is None or self._rejected(d) else self.engine.tokenizer(self.language).decode(self._dedup(d.ids))
+        ids = self.hyp if d is not None and d.looped else (d.ids if d is not None else [])  # a looping decode: the last pass's tail
+        tail = "" if d is None or self._rejected(d) else self.engine.tokenizer(self.language).decode(self._dedup(ids))
         return (self.committed + tail).strip()
 
 
