@@ -153,7 +153,7 @@ class StreamState:
         starts = [i for i, t in enumerate(ids) if i == 0 or tok.decode([t]).startswith(" ")] + [len(ids)]
         words = [_norm(tok.decode(ids[a:b])) for a, b in zip(starts, starts[1:], strict=False)]
         done = _norm(self.committed).split()
-        for k in range(min(len(words), len(done), 12), 1, -1):
+        for k in range(min(len(words), len(done), 12), 0, -1):
             if words[:k] == done[-k:]:
                 return ids[starts[k]:]
         # and a phrase of 3+ words said twice at the end (Whisper looping, in other case or punctuation)
