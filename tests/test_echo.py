@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from services.server.echo import EchoGuard
+from services.server.echo import EchoGuard, repeats_our_words
 from shared.audio import resample
 
 
@@ -36,3 +36,74 @@ def test_silence_and_no_reference_are_not_echo():
     assert not EchoGuard().is_echo()
     g = EchoGuard()
     assert not feed(g, np.zeros(16000, np.float32), np.zeros(16000, np.float32), 0.0)
+
+
+def _onset(x: np.ndarray) -> np.ndarray:
+    """The clip from its first frame within 30 dB of its loudest."""
+    e = np.square(x[: len(x) // 160 * 160].reshape(-1, 160)).mean(axis=1)
+    db = 10 * np.log10(e + 1e-12)
+    return x[int(np.argmax(db > db.max() - 30)) * 160 :]
+
+
+def _check_after(guard: EchoGuard, reply16k: np.ndarray, mic16k: np.ndarray, lead: float = 1.0, clock_late: float = 0.0) -> bool:
+    """Our reply plays from `lead` s on; the mic (with `lead` s of room noise first) is pushed
+    in 20 ms frames in real time, and the guard is asked at its end, as the session asks
+    once speech has lasted a backchannel's length. `clock_late`: our play clock starts the
+    reply that much after the client really plays it."""
+    rng = np.random.default_rng(1)
+    guard.on_output(resample(reply16k, 16000, 24000), play_start=lead + clock_late)
+    mic = np.concatenate([np.zeros(int(lead * 16000), np.float32), mic16k])
+    mic = mic + rng.standard_normal(len(mic)).astype(np.float32) * 0.0005
+    for i in range(0, len(mic), 320):
+        guard.on_input(mic[i : i + 320], now=(i + 320) / 16000)
+    return guard.is_echo()
+
+
+def test_talking_over_our_reply_is_never_echo(corpus):
+    """A user who goes on while a reply plays: their onset may fall anywhere in our speech,
+    and with 71 delays tried one window alone matched by chance (7 of these 864)."""
+    clips = [c.audio.astype(np.float32) / 32768 for c in corpus]
+    false_alarms = []
+    for i, ours in enumerate(clips):
+        for j in ((i + 5) % len(clips), (i + 11) % len(clips)):
+            user = _onset(clips[j])[: int(0.62 * 16000)]
+            for offset in np.arange(0.2, 2.0, 0.1):
+                mic = np.concatenate([np.zeros(int(offset * 16000), np.float32), user])
+                if _check_after(EchoGuard(), np.concatenate([ours, ours]), mic):
+                    false_alarms.append((corpus[i].id, corpus[j].id, round(float(offset), 1)))
+    assert false_alarms == []
+
+
+def test_echo_grid_is_recognised(corpus):
+    """Our voice back at -50 (a client playing ahead of our clock) to 500 ms delay, gains
+    0.3-1.0, dry or with a room's tail, checked 0.62 s after the echo starts, 0.5 s and 1 s
+    into the reply."""
+    clips = [_onset(c.audio.astype(np.float32) / 32768) for c in corpus[::2]]
+    room = np.exp(-np.arange(4000) / 1200.0) * 0.0015
+    tried, missed = 0, []
+    for k, ours in enumerate(clips):
+        for delay in (-0.05, 0.0, 0.1, 0.2, 0.3, 0.45, 0.5):
+            for gain in (0.3, 0.6, 1.0):
+                for reverb in (False, True):
+                    for into in (0.0, 0.5, 1.0):
+                        mic = gain * ours
+                        if reverb:
+                            mic = mic + np.convolve(mic, room)[: len(mic)]
+                        mic = np.concatenate([np.zeros(int(max(delay, 0) * 16000), np.float32), mic.astype(np.float32)])
+                        n = int((max(delay, 0) + into + 0.62) * 16000)
+                        if n > len(mic):
+                            continue
+                        tried += 1
+                        if not _check_after(EchoGuard(), ours, mic[:n], clock_late=max(-delay, 0)):
+                            missed.append((k, delay, gain, reverb, into))
+    assert tried > 300
+    assert len(missed) <= tried // 100, missed
+
+
+def test_our_words_heard_back_are_told_from_the_users():
+    said = "Oh, he jumped in the club. That was a long time ago, what happened then?"
+    assert repeats_our_words("He jumped in the club", said)
+    assert repeats_our_words("a long time ago", said)
+    assert not repeats_our_words("No, wait, I meant the other one.", said)
+    assert not repeats_our_words("Stop.", said)
+    assert not repeats_our_words("", said)

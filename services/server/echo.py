@@ -4,12 +4,18 @@ A client without echo cancellation plays the assistant's audio and records it
 again. We keep the outgoing audio as a reference, placed on the wall-clock time at
 which the client plays it (the session's play clock), and compare the loudness
 contour (10 ms log-energy frames) of the recent microphone input with the
-reference at delays up to `max_delay`. Loudness contours survive gain, phase and
-room filtering far better than waveforms. Two different utterances can share a
+reference at delays from `min_delay` up to `max_delay` (negative: a client plays a
+little ahead of our play clock). Loudness contours survive gain, phase and room
+filtering far better than waveforms. Two different utterances can share a
 rough contour (both start loud after silence), so the contour's frame-to-frame
-changes (syllable onsets) must match too: on corpus speech, independent pairs
-reached level/delta correlations of at most 0.95/0.70, never both >= 0.85/0.6,
-while simulated echoes (gain, delay, reverb, noise) passed 97% of the time.
+changes (syllable onsets) must match too (level/delta correlations >= 0.85/0.6).
+
+One window that matches is not enough: over a reply that plays on while the user
+talks, 71 delays give chance many tries, and one window alone matched 7 of 864 user
+onsets over corpus speech (up to 0.94/0.77). An echo keeps its delay, a coincidence
+does not: the window 0.2 s earlier must match too (at 0.8/0.5) at a delay within
+30 ms. On the grid of tests/test_echo.py that took chance matches to 0 of 864; echoes
+at gains 0.3-1.0 are all still caught, at gain 0.1 (20 dB down) 95% instead of 97%.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from collections import deque
 import numpy as np
 
 from shared.audio import OUT_RATE, STT_RATE
+from shared.wer import normalise
 
 _FRAME = 0.01  # seconds per envelope frame
 _FLOOR_DB = -70.0
@@ -34,13 +41,13 @@ def _envelope(x: np.ndarray, rate: int) -> np.ndarray:
 
 
 class EchoGuard:
-    def __init__(self, window: float = 0.5, max_delay: float = 0.6, threshold: float = 0.85, delta_threshold: float = 0.6,
-                 keep: float = 30.0) -> None:
-        self.window, self.max_delay = window, max_delay
-        self.threshold, self.delta_threshold = threshold, delta_threshold
+    def __init__(self, window: float = 0.5, min_delay: float = -0.1, max_delay: float = 0.6, threshold: float = 0.85, delta_threshold: float = 0.6,
+                 keep: float = 30.0, confirm_back: float = 0.2, confirm: tuple[float, float] = (0.8, 0.5)) -> None:
+        self.window, self.min_delay, self.max_delay, self.confirm_back = window, min_delay, max_delay, confirm_back
+        self.threshold, self.delta_threshold, self.confirm = threshold, delta_threshold, confirm
         self._ref: deque[tuple[float, np.ndarray]] = deque()  # (play start wall time, envelope)
         self._keep = keep
-        self._inp: deque[float] = deque(maxlen=int((window + 1.0) / _FRAME))
+        self._inp: deque[float] = deque(maxlen=int((window + confirm_back + 1.0) / _FRAME))
         self._inp_end = 0.0  # wall time of the newest input frame's end
         self._tail = np.zeros(0, np.float32)
 
@@ -72,20 +79,38 @@ class EchoGuard:
             out[ok] = env[idx[ok]]
         return out
 
-    def is_echo(self) -> bool:
-        """Does the last `window` of input follow the reference's loudness contour?"""
-        m = int(self.window / _FRAME)
-        if len(self._inp) < m or not self._ref:
-            return False
-        inp = np.asarray(list(self._inp)[-m:], np.float32)
-        times = self._inp_end - _FRAME * (np.arange(m)[::-1] + 0.5)
+    def _matches(self, back: float, level_min: float, delta_min: float) -> list[float]:
+        """Delays at which the `window` of input ending `back` s ago follows the reference."""
+        m, k = int(self.window / _FRAME), int(round(back / _FRAME))
+        if len(self._inp) < m + k or not self._ref:
+            return []
+        inp = np.asarray(list(self._inp)[len(self._inp) - k - m : len(self._inp) - k], np.float32)
         if inp.std() < 1.0:
-            return False
+            return []
+        times = self._inp_end - back - _FRAME * (np.arange(m)[::-1] + 0.5)
         d_inp = np.diff(inp)
-        for lag in np.arange(0.0, self.max_delay + 1e-9, _FRAME):
+        lags = []
+        for lag in np.arange(self.min_delay, self.max_delay + 1e-9, _FRAME):
             ref = self._reference(times - lag)
             if ref.std() < 1.0:
                 continue
-            if np.corrcoef(inp, ref)[0, 1] >= self.threshold and np.corrcoef(d_inp, np.diff(ref))[0, 1] >= self.delta_threshold:
-                return True
-        return False
+            if np.corrcoef(inp, ref)[0, 1] >= level_min and np.corrcoef(d_inp, np.diff(ref))[0, 1] >= delta_min:
+                lags.append(float(lag))
+        return lags
+
+    def is_echo(self) -> bool:
+        """Does the recent input follow the reference's loudness contour, at a steady delay?"""
+        now = self._matches(0.0, self.threshold, self.delta_threshold)
+        if not now:
+            return False
+        before = self._matches(self.confirm_back, *self.confirm)
+        return any(abs(a - b) <= 0.03 + 1e-9 for a in now for b in before)
+
+
+def repeats_our_words(heard: str, said: str, share: float = 0.5) -> bool:
+    """The second look, for speech over our reply whose contour did not match (a room's
+    reverb smears it; ~1 in 20 echoes at 20 dB down): is what STT heard made of the words
+    we just said? A person talking over us says their own words. Half is enough: Whisper
+    mishears a reverberant echo ("What's going on?" came back as "let us going on.")."""
+    words, ours = normalise(heard), set(normalise(said))
+    return bool(words) and sum(w in ours for w in words) >= share * len(words)

@@ -19,7 +19,7 @@ import numpy as np
 from starlette.websockets import WebSocket
 
 from services.server.agents import Agent
-from services.server.echo import EchoGuard
+from services.server.echo import EchoGuard, repeats_our_words
 from services.server.endpointing import judge
 from services.server.history import History
 from services.server.live_stt import LiveTranscriber
@@ -27,7 +27,7 @@ from services.server.turn import Payload, Turn, TurnDeps, TurnState
 from shared.audio import OUT_RATE, STT_RATE, pcm16_to_float
 from shared.clients import ChatClient, SttClient
 from shared.config import ServerSettings
-from shared.logs import TURN_LOG
+from shared.logs import TURN_LOG, user_text
 from shared.metrics import INTERRUPTIONS, SESSION_ERRORS
 from shared.protocol import (
     ConfigIn,
@@ -130,7 +130,9 @@ class Session:
         self._send_lock = asyncio.Lock()
         self._odd_byte = b""
         self._play_until = 0.0  # wall clock when the client will have played all it got
-        self._utterance = "normal"  # "normal" | "ignored" (backchannel, echo) | "barge" (may interrupt)
+        # "normal" | "ignored" (backchannel, echo) | "barge" (may interrupt) | "checking" (are those our words?)
+        self._utterance = "normal"
+        self._echo_check: asyncio.Task[None] | None = None
         self._barge_onset = 0.0
         self._closed = False
         self._early: Turn | None = None
@@ -335,17 +337,19 @@ class Session:
         """Time-based decisions that are not detector events."""
         det = self.detector
         if self._utterance == "barge" and det.in_speech and det.silence == 0.0 and det.time - self._barge_onset >= self.cfg.backchannel_max:
+            said = self._said()
             if self.speaking() and self.echo.is_echo():
                 self._utterance = "ignored"
                 log.info("speech follows our own playback: echo, ignored")
+            elif self.speaking() and said:
+                # not our contour, but maybe our words (reverb smears contours): STT decides
+                self._utterance = "checking"
+                audio = det.utterance_since(max(0, det.utterance_samples - int((det.time - self._barge_onset) * STT_RATE)))
+                if self._echo_check is not None:
+                    self._echo_check.cancel()
+                self._echo_check = asyncio.create_task(self._check_words(audio, said))
             else:
-                self._utterance = "normal"
-                if self._early is not None:  # the user went on after an early answer: one turn
-                    await self._merge_early()
-                else:
-                    await self.send(SpeechStart().dump())
-                    await self.interrupt()
-                    self._open_turn()
+                await self._barge_in()
         p = self.current
         if p is None or not det.in_speech:
             return
@@ -360,6 +364,36 @@ class Session:
         if p.state == TurnState.SPECULATING and (stalled or silence >= self._wait_for(p)):
             self._early = p  # promoted before the detector closed the utterance
             await self._promote(p)
+
+    async def _barge_in(self) -> None:
+        """Speech over our reply that is the user's: it interrupts, or continues the utterance we answered early."""
+        self._utterance = "normal"
+        if self._early is not None:  # the user went on after an early answer: one turn
+            await self._merge_early()
+        else:
+            await self.send(SpeechStart().dump())
+            await self.interrupt()
+            self._open_turn()
+
+    def _said(self) -> str:
+        """What we have been saying (the words an echo would repeat)."""
+        return " ".join(t.reply for t in {self.active, self._early, self.last_turn} if t is not None)
+
+    async def _check_words(self, audio: np.ndarray, said: str) -> None:
+        try:
+            heard = await self.deps.stt.transcribe(audio)
+        except Exception as exc:  # noqa: BLE001 - unknown: the user's, as without this check
+            log.warning("echo check: STT failed (%s); taken as the user's speech", exc)
+            heard = ""
+        async with self._input:
+            if self._echo_check is not asyncio.current_task() or self._utterance != "checking":
+                return  # the utterance ended meanwhile, or a newer one is being checked
+            if repeats_our_words(heard, said):
+                self._utterance = "ignored"
+                log.info("speech repeats our own words (%s): echo, ignored", user_text(heard))
+            else:
+                log.info("speech over our reply is the user's (%s)", user_text(heard))
+                await self._barge_in()
 
     def _words_stopped(self) -> bool:
         """No new words for a while, though the detector still hears sound: other people
@@ -487,8 +521,9 @@ class Session:
 
     async def close(self) -> None:
         self._closed = True
-        if self._timer is not None and self._timer is not asyncio.current_task():
-            self._timer.cancel()
+        for task in (self._timer, self._echo_check):
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
         turns, self.current, self.active = (self.current, self.active), None, None
         for t in turns:
             if t is not None:
