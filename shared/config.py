@@ -43,6 +43,8 @@ class SttSettings(BaseSettings):
     compute_type: str = "int8"
     beam_size: int = Field(1, ge=1, le=10)
     cpu_threads: int = Field(2, ge=1)
+    partial_duty: float = Field(0.5, gt=0, le=1, description="most of the worker's time that live partial passes may take "
+                                "(the rest stays free for the chat and TTS on a shared machine; flushes are never held)")
     language: str = "en"
     max_upload_mb: float = 25.0
     no_speech_threshold: float = Field(0.6, description="drop segments more likely silence than speech")

@@ -262,6 +262,7 @@ class SttPartial(_Out):
     committed: str
     tail: str
     text: str  # committed + tail
+    heard: float = 0.0  # seconds of the stream's audio this pass had (every pass reports, changed or not)
 
 
 class SttFinal(_Out):

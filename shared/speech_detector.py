@@ -159,6 +159,11 @@ class AudioSpeechDetector:
         return self._samples / STT_RATE
 
     @property
+    def paused(self) -> bool:
+        """The open utterance is in a pause (Paused was emitted, speech has not resumed)."""
+        return self.in_speech and self._paused
+
+    @property
     def silence(self) -> float:
         """Seconds of silence since the last voiced hop of the open utterance."""
         return self._silence / STT_RATE if self.in_speech else 0.0

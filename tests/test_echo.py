@@ -106,4 +106,4 @@ def test_our_words_heard_back_are_told_from_the_users():
     assert repeats_our_words("a long time ago", said)
     assert not repeats_our_words("No, wait, I meant the other one.", said)
     assert not repeats_our_words("Stop.", said)
-    assert repeats_our_words("", said)  # no speech heard: nothing to stop for
+    assert not repeats_our_words("", said)

@@ -111,7 +111,7 @@ def repeats_our_words(heard: str, said: str, share: float = 0.5) -> bool:
     """The second look, for speech over our reply whose contour did not match (a room's
     reverb smears it; ~1 in 20 echoes at 20 dB down): is what STT heard made of the words
     we just said? A person talking over us says their own words. Half is enough: Whisper
-    mishears a reverberant echo ("What's going on?" came back as "let us going on."), or
-    hears no speech in it at all, which is not a person to stop for either."""
+    mishears a reverberant echo ("What's going on?" came back as "let us going on.")."""
     words, ours = normalise(heard), set(normalise(said))
-    return sum(w in ours for w in words) >= share * len(words)  # no words (Whisper heard no speech): nothing to answer
+    # no words at all is not ours: Whisper's noise guard also rejects the first 0.6 s of a person barging in
+    return bool(words) and sum(w in ours for w in words) >= share * len(words)

@@ -141,6 +141,7 @@ class Session:
         self._timer: asyncio.Task[None] | None = None
         self.live = LiveTranscriber(services.stt.replicas, init.language, self._on_partial) if self.cfg.streaming_stt else None
         self._words, self._words_at = "", time.perf_counter()  # the live transcript, and when it last changed
+        self._words_heard = self._heard = 0.0  # stream audio (s) STT had when the words last changed, and now
 
     async def start(self) -> None:
         self.detector, self.turn_cap = await new_detector(self.cfg, *self._detector_overrides)
@@ -235,12 +236,14 @@ class Session:
 
     async def _on_partial(self, partial: SttPartial) -> None:
         turn = self.current
-        if partial.text != self._words:
-            self._words, self._words_at = partial.text, time.perf_counter()
-            if turn is not None and turn.by_words and turn.state == TurnState.SPECULATING:
-                async with self._input:  # new words: the speaker was not done after all
-                    if turn.state == TurnState.SPECULATING:
-                        await turn.listen_again()
+        self._heard = partial.heard
+        if partial.text == self._words:
+            return  # a pass that heard no new words
+        self._words, self._words_at, self._words_heard = partial.text, time.perf_counter(), partial.heard
+        if turn is not None and turn.by_words and turn.state == TurnState.SPECULATING:
+            async with self._input:  # new words: the speaker was not done after all
+                if turn.state == TurnState.SPECULATING:
+                    await turn.listen_again()
         if turn is not None and turn.open and partial.text:
             await self.send(TranscriptPartial(turn_id=turn.id, text=partial.text, stable=partial.committed).dump())
 
@@ -288,6 +291,7 @@ class Session:
         self._turn_ids += 1
         self.current = Turn(self._turn_ids, self.deps, replaces=replaces)
         self._words, self._words_at = "", time.perf_counter()
+        self._words_heard = self._heard = 0.0
 
     def _speculate(self, audio: np.ndarray, speech_end: float, live: bool = True, by_words: bool = False) -> None:
         """A pause: the current turn computes its answer, output held (confirmed or dropped later)."""
@@ -357,6 +361,8 @@ class Session:
         stalled = silence >= det.cfg.max_silence_duration  # the client stopped sending: the utterance is over
         if stalled and p.state == TurnState.LISTENING:  # it stopped mid-word: no pause was ever seen
             self._speculate(det.utterance_since(0), time.perf_counter() - silence)
+        if p.state == TurnState.LISTENING and det.paused:  # back to listening on late words, inside a pause
+            self._speculate(det.utterance_since(0), time.perf_counter() - silence)
         if p.state == TurnState.LISTENING and self._words_stopped():
             self._speculate(det.utterance_since(0), self._words_at, by_words=True)
         if p.by_words:  # the room is not silent: time since the last new word stands in for silence
@@ -400,6 +406,7 @@ class Session:
         talking, music, a fan. The turn must not wait for the room to fall silent."""
         return (self.live is not None and bool(self._words) and self.detector.silence == 0.0
                 and time.perf_counter() - self._words_at >= self.cfg.words_stopped
+                and self._heard - self._words_heard >= self.cfg.words_stopped  # and STT has listened that long
                 and self.detector.utterance_samples >= 2 * STT_RATE)
 
     def _wait_for(self, turn: Turn) -> float:

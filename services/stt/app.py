@@ -35,7 +35,7 @@ def make_engine(cfg: SttSettings) -> SttEngine:
 
 engine = make_engine(cfg)
 # One model, one inference at a time, shared by uploads and streams (flushes first).
-scheduler = Scheduler(workers=1)
+scheduler = Scheduler(workers=1, partial_duty=cfg.partial_duty)
 
 
 async def _load() -> None:

@@ -174,11 +174,11 @@ class StreamState:
         is speech, and the guard's average log-probability over a short tail is too noisy to trust."""
         return d.rejected and not self.committed
 
-    def partial(self) -> SttPartial:
+    def partial(self, heard: float) -> SttPartial:
         committed = self.committed.strip()
         tail = self.engine.tokenizer(self.language).decode(self.hyp)
         tail = tail if committed else tail.lstrip()
-        return SttPartial(committed=committed, tail=tail.rstrip(), text=(committed + tail).rstrip())
+        return SttPartial(committed=committed, tail=tail.rstrip(), text=(committed + tail).rstrip(), heard=round(heard, 3))
 
     def final(self, d: WindowDecode | None) -> str:
         ids = self.hyp if d is not None and d.looped else (d.ids if d is not None else [])  # a looping decode: the last pass's tail
@@ -282,14 +282,16 @@ class StreamConnection:
             self._audio.clear()
             if not st.pass_due():
                 continue
-            t0, snap = time.perf_counter(), st.snapshot(final=False)
+            t0, heard, snap = time.perf_counter(), st.duration, st.snapshot(final=False)
             d = await self.scheduler.run("partial", decode, self.engine, snap)
             took = time.perf_counter() - t0
             rtf = took / max(snap.covered, 1e-3)
             st.every = max(PASS_EVERY, 1.5 * took)  # a slow pass (busy worker) spaces the next ones out
             st.passes, st.max_rtf = st.passes + 1, max(st.max_rtf, rtf)
             PASS_REALTIME_FACTOR.observe(rtf)
-            if st.apply(snap, d):
-                await self._send(st.partial().dump())
+            # every pass reports, changed or not: "no new words" must mean "none in this much audio",
+            # not "no pass lately" (passes space out on a busy worker)
+            if st.apply(snap, d) or snap.epoch == st.epoch:
+                await self._send(st.partial(heard).dump())
             if st.pass_due():
                 self._audio.set()  # audio arrived during the pass: go again at once
