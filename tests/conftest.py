@@ -22,6 +22,8 @@ from tests.chat_tap import ChatTap
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT.parent / "shared" / "corpus"
+# audio (s) that proves a turn was spoken: replies are sampled, and the shortest ("Okay.") is ~0.44 s
+SPOKEN = 0.3
 OUTPUT = ROOT / "test-output"
 BASE_PORT = int(os.environ.get("TEST_BASE_PORT", "18000"))
 

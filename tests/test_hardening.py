@@ -24,7 +24,7 @@ import websockets
 from hypothesis import HealthCheck, Phase, given, settings
 
 from shared.session_client import stream_pcm
-from tests.conftest import OUTPUT, rss_mb, service_pid, start_system, stop_system, system_env, wait_ready
+from tests.conftest import OUTPUT, SPOKEN, rss_mb, service_pid, start_system, stop_system, system_env, wait_ready
 
 pytestmark = pytest.mark.e2e
 BASE = 39200
@@ -73,7 +73,7 @@ def test_every_service_needs_the_key_and_the_server_carries_it(secure):
 
 async def test_a_turn_works_with_keys_everywhere(secure, corpus):
     res = await stream_pcm(secure.ws, corpus[0].audio, headers=AUTH)
-    assert res.transcripts and res.audio_seconds() >= 0.5 and not res.of("error")
+    assert res.transcripts and res.audio_seconds() >= SPOKEN and not res.of("error")
     metrics = (await aget(f"{secure.urls['server']}/metrics")).text
     for name in ("s2s_server_turn_stage_seconds_bucket", "s2s_server_turns_total", "s2s_server_active_sessions",
                  "s2s_http_requests_total", "s2s_rejected_total"):
@@ -83,7 +83,7 @@ async def test_a_turn_works_with_keys_everywhere(secure, corpus):
 async def test_a_client_that_stops_sending_still_gets_its_answer(secure, corpus):
     """No trailing silence at all: the turn is confirmed by the clock, not by audio frames."""
     res = await stream_pcm(secure.ws, corpus[4].audio, tail=0.0, headers=AUTH)
-    assert res.transcripts and res.audio_seconds() >= 0.5
+    assert res.transcripts and res.audio_seconds() >= SPOKEN
 
 
 async def test_an_unknown_voice_is_refused_at_init(secure):
@@ -217,7 +217,7 @@ async def test_a_service_killed_mid_turn_gives_an_error_then_the_next_turn_works
         assert took is not None and took < 1.0
     await asyncio.to_thread(wait_ready, secure.urls[service], 120)  # the launcher restarts it
     res = await stream_pcm(secure.ws, corpus[2].audio, headers=AUTH)
-    assert res.transcripts and res.audio_seconds() >= 0.5, [e.msg for e in res.events if e.type == "error"]
+    assert res.transcripts and res.audio_seconds() >= SPOKEN, [e.msg for e in res.events if e.type == "error"]
 
 
 async def test_a_client_that_stops_reading_is_closed_and_others_are_served(secure, corpus):
@@ -235,7 +235,7 @@ async def test_a_client_that_stops_reading_is_closed_and_others_are_served(secur
         await stuck.send(json.dumps({"type": "transcript", "text": f"Tell me a long story number {i}."}))
         await asyncio.sleep(0.5)
     res = await stream_pcm(secure.ws, corpus[3].audio, headers=AUTH)  # another session meanwhile
-    assert res.transcripts and res.audio_seconds() >= 0.5
+    assert res.transcripts and res.audio_seconds() >= SPOKEN
     closed = False
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not closed:

@@ -16,7 +16,7 @@ import pytest
 import websockets
 
 from shared.session_client import stream_pcm
-from tests.conftest import OUTPUT, ROOT, system_env, wait_ready
+from tests.conftest import OUTPUT, ROOT, SPOKEN, system_env, wait_ready
 
 pytestmark = pytest.mark.e2e
 BASE = 39300
@@ -68,7 +68,7 @@ async def test_load_spreads_and_a_dead_replica_loses_no_turn(replicated, corpus)
     ws = f"ws://127.0.0.1:{BASE}/ws/"
     clips = corpus[:4]
     results = await asyncio.gather(*(stream_pcm(ws, c.audio) for c in clips))  # four at once
-    assert all(r.transcripts and r.audio_seconds() >= 0.5 for r in results)
+    assert all(r.transcripts and r.audio_seconds() >= SPOKEN for r in results)
     spread = {n: _served(n) for n in ("stt", "stt2", "tts", "tts2")}
     print(f"\nrequests per replica after 4 concurrent turns: {spread}")
     assert all(v > 0 for v in spread.values()), spread
@@ -100,4 +100,4 @@ async def test_load_spreads_and_a_dead_replica_loses_no_turn(replicated, corpus)
     os.killpg(replicated["stt"].pid, signal.SIGKILL)
     for clip in corpus[4:6]:
         res = await stream_pcm(ws, clip.audio)
-        assert res.transcripts and res.audio_seconds() >= 0.5 and not res.of("error")
+        assert res.transcripts and res.audio_seconds() >= SPOKEN and not res.of("error")
