@@ -212,3 +212,13 @@ def test_transcribe_segments_prompt_and_temperature(stt, corpus):
 def test_transcribe_rejects_bad_options(stt, corpus, field, value, word):
     r = post(stt, corpus[0].audio.tobytes(), **{field: value})
     assert r.status_code == 400 and word in r.json()["error"], r.text
+
+
+def test_a_loop_cut_short_by_the_length_cap_is_a_loop():
+    from services.stt.engines.faster_whisper import _looped
+
+    said = [1, 2, 3, 4, 5, 6, 7, 8, 9]  # "Welcome to the open audio powered at the eye."
+    assert _looped(said + said)  # said twice
+    assert _looped(said + said[:8])  # the cap cut the second time short
+    assert not _looped(said)
+    assert not _looped([1, 2, 3, 4, 5, 6, 7, 1, 2, 3])  # three words back is speech, not a loop

@@ -184,6 +184,11 @@ class FasterWhisperEngine(SttEngine):
         return Transcript(text, info.language, len(audio) / STT_RATE, dropped, kept)
 
 
-def _looped(ids: list[int], min_len: int = 3) -> bool:
-    """Does the decoded token sequence end by repeating a phrase of min_len+ tokens?"""
-    return any(ids[-n:] == ids[-2 * n : -n] for n in range(min_len, len(ids) // 2 + 1))
+def _looped(ids: list[int], min_len: int = 3, tail: int = 6) -> bool:
+    """Does the decoded token sequence end by repeating a phrase of min_len+ tokens, or end
+    inside a repeat (the length cap cut the loop short: "... powered at the eye. Welcome to
+    the open audio powered at the"), its last `tail` tokens said already earlier?"""
+    if any(ids[-n:] == ids[-2 * n : -n] for n in range(min_len, len(ids) // 2 + 1)):
+        return True
+    end = ids[-tail:]
+    return len(ids) > tail and any(ids[i : i + tail] == end for i in range(len(ids) - tail))
