@@ -4,6 +4,7 @@ import numpy as np
 
 from services.server.echo import EchoGuard, repeats_our_words
 from shared.audio import resample
+from tests.conftest import trimmed
 
 
 def feed(guard: EchoGuard, reference16k: np.ndarray, mic16k: np.ndarray, delay: float) -> bool:
@@ -38,13 +39,6 @@ def test_silence_and_no_reference_are_not_echo():
     assert not feed(g, np.zeros(16000, np.float32), np.zeros(16000, np.float32), 0.0)
 
 
-def _onset(x: np.ndarray) -> np.ndarray:
-    """The clip from its first frame within 30 dB of its loudest."""
-    e = np.square(x[: len(x) // 160 * 160].reshape(-1, 160)).mean(axis=1)
-    db = 10 * np.log10(e + 1e-12)
-    return x[int(np.argmax(db > db.max() - 30)) * 160 :]
-
-
 def _check_after(guard: EchoGuard, reply16k: np.ndarray, mic16k: np.ndarray, lead: float = 1.0, clock_late: float = 0.0) -> bool:
     """Our reply plays from `lead` s on; the mic (with `lead` s of room noise first) is pushed
     in 20 ms frames in real time, and the guard is asked at its end, as the session asks
@@ -63,10 +57,11 @@ def test_talking_over_our_reply_is_never_echo(corpus):
     """A user who goes on while a reply plays: their onset may fall anywhere in our speech,
     and with 71 delays tried one window alone matched by chance (7 of these 864)."""
     clips = [c.audio.astype(np.float32) / 32768 for c in corpus]
+    onsets = [trimmed(c.audio, drop_db=30).astype(np.float32) / 32768 for c in corpus]
     false_alarms = []
     for i, ours in enumerate(clips):
         for j in ((i + 5) % len(clips), (i + 11) % len(clips)):
-            user = _onset(clips[j])[: int(0.62 * 16000)]
+            user = onsets[j][: int(0.62 * 16000)]
             for offset in np.arange(0.2, 2.0, 0.1):
                 mic = np.concatenate([np.zeros(int(offset * 16000), np.float32), user])
                 if _check_after(EchoGuard(), np.concatenate([ours, ours]), mic):
@@ -78,7 +73,7 @@ def test_echo_grid_is_recognised(corpus):
     """Our voice back at -50 (a client playing ahead of our clock) to 500 ms delay, gains
     0.3-1.0, dry or with a room's tail, checked 0.62 s after the echo starts, 0.5 s and 1 s
     into the reply."""
-    clips = [_onset(c.audio.astype(np.float32) / 32768) for c in corpus[::2]]
+    clips = [trimmed(c.audio, drop_db=30).astype(np.float32) / 32768 for c in corpus[::2]]
     room = np.exp(-np.arange(4000) / 1200.0) * 0.0015
     tried, missed = 0, []
     for k, ours in enumerate(clips):

@@ -341,11 +341,10 @@ class Session:
         """Time-based decisions that are not detector events."""
         det = self.detector
         if self._utterance == "barge" and det.in_speech and det.silence == 0.0 and det.time - self._barge_onset >= self.cfg.backchannel_max:
-            said = self._said()
             if self.speaking() and self.echo.is_echo():
                 self._utterance = "ignored"
                 log.info("speech follows our own playback: echo, ignored")
-            elif self.speaking() and said:
+            elif self.speaking() and (said := self._said()):
                 # not our contour, but maybe our words (reverb smears contours): STT decides
                 self._utterance = "checking"
                 audio = det.utterance_since(max(0, det.utterance_samples - int((det.time - self._barge_onset) * STT_RATE)))
@@ -359,9 +358,9 @@ class Session:
             return
         silence = self._silence()
         stalled = silence >= det.cfg.max_silence_duration  # the client stopped sending: the utterance is over
-        if stalled and p.state == TurnState.LISTENING:  # it stopped mid-word: no pause was ever seen
-            self._speculate(det.utterance_since(0), time.perf_counter() - silence)
-        if p.state == TurnState.LISTENING and det.paused:  # back to listening on late words, inside a pause
+        # the client stopped mid-word (no pause was ever seen), or late words sent the turn back
+        # to listening inside a pause the detector already reported
+        if p.state == TurnState.LISTENING and (stalled or det.paused):
             self._speculate(det.utterance_since(0), time.perf_counter() - silence)
         if p.state == TurnState.LISTENING and self._words_stopped():
             self._speculate(det.utterance_since(0), self._words_at, by_words=True)
