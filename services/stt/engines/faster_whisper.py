@@ -103,14 +103,15 @@ class FasterWhisperEngine(SttEngine):
         enc = self._encode(feats, frames)
         res = self._generate(enc, prompt, duration, temperature)
         ids = self._new_ids(res, prompt, tok)
-        looped = _looped(prefix + ids)
-        if looped and frames < fe.nb_max_frames:
-            # a short window occasionally makes Whisper repeat itself; the full 30 s window does not
+        # a short window occasionally makes Whisper repeat itself; the full 30 s window does not.
+        # Retried from a 2-token repeat on (a short "Yes." came back as "Yes. Yes." in a CI run);
+        # a repeat the 30 s window keeps too is a loop only from 3 tokens ("bye bye" is speech).
+        if _looped(prefix + ids, min_len=2) and frames < fe.nb_max_frames:
             frames = fe.nb_max_frames
             enc = self._encode(feats, frames)
             res = self._generate(enc, prompt, duration, temperature)
             ids = self._new_ids(res, prompt, tok)
-            looped = _looped(prefix + ids)
+        looped = _looped(prefix + ids)
         rejected = self._hallucinated(res.no_speech_prob, res.scores[0])
         # Align the whole text, tail included: a monotonic alignment of the prefix alone would
         # stretch its last words over the audio still to be transcribed.
