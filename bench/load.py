@@ -9,8 +9,8 @@
 Real-model mode: every user speaks corpus-built 3-13 s utterances (one clip, or 2-3 clips
 of one speaker joined with 150-400 ms pauses) about every --interval seconds (10) on a
 real-time microphone stream (bench/load_client.py); users start staggered over one
-interval. Per N: sessions admitted and refused ("told": `error{code:"server_full"}`, close
-1013), turns, answered, dropped (an admitted session's turn that got no audio), p50/p90/
+interval. Per N: sessions admitted, queued (told `queued{position, estimated_wait_s}`, then
+admitted when a place frees) and refused (`error{code:"server_full"}`, close 1013), turns, answered, dropped (an admitted session's turn that got no audio), p50/p90/
 p95/max end of speech -> first audio (ms, client clock, shared.session_client's
 end-of-speech rule), CPU % of one core of each service process, and a verdict against the
 targets (up to the server's session cap, 4 on 2 cores: p90 <= 1.0 s and none dropped;

@@ -55,6 +55,9 @@ class SessionResult:
     admitted: bool = False
     refused: str | None = None  # the error code when the server would not admit the session
     refused_after: float | None = None  # s from connecting to being told
+    queued: int | None = None  # the first place in the queue the server gave, if it was full
+    queued_after: float | None = None  # s from connecting to being told the place
+    waited: float | None = None  # s from being queued to call_ready
     close_code: int | None = None
     error: str | None = None  # anything unexpected (connection lost, no call_ready)
     turns: list[TurnResult] = field(default_factory=list)
@@ -105,12 +108,19 @@ class SimUser:
         await ws.send(json.dumps(self.init))
         try:
             msg = json.loads(await asyncio.wait_for(ws.recv(), 15))
+            while msg.get("type") == "queued":  # the server is full: wait for a place (or a refusal)
+                if self.res.queued is None:
+                    self.res.queued, self.res.queued_after = msg["position"], time.perf_counter() - t0
+                msg = json.loads(await asyncio.wait_for(ws.recv(), 120))
         except websockets.ConnectionClosed as exc:
             self.res.close_code = exc.rcvd.code if exc.rcvd else None
             self.res.error = "closed before call_ready"
             return False
         if msg.get("type") == "call_ready":
             self.res.admitted = True
+            if self.res.queued_after is not None:  # the turns' schedule starts when the session does
+                self.res.waited = time.perf_counter() - t0 - self.res.queued_after
+                self.start = time.perf_counter()
             return True
         if msg.get("type") == "error" and msg.get("code") in REFUSALS:
             self.res.refused, self.res.refused_after = msg["code"], time.perf_counter() - t0

@@ -17,6 +17,7 @@ from typing import Any
 from bench.load_client import SessionResult
 
 TICK = os.sysconf("SC_CLK_TCK")
+PATIENT_MS = 1000.0  # confirmed later than this after the end of speech: the turn waited for unfinished words
 STAGES = ("created", "stt", "end_of_turn", "first_token", "first_chunk", "confirmed", "first_tts_audio", "first_audio_sent")
 
 
@@ -120,15 +121,25 @@ class Level:
         turns = [t for r in admitted for t in r.turns]
         lat = [t.latency * 1000 for t in turns if t.latency is not None]
         server = [t.stages[self.stage] for t in turns if t.latency is not None and self.stage in t.stages]
-        told = [r.refused_after for r in self.results if r.refused_after is not None]
+        refused = [r for r in self.results if r.refused_after is not None]
+        # told: the first word a session got that the server was full (its place in the queue, or a refusal)
+        told = [r.queued_after if r.queued_after is not None else r.refused_after for r in self.results
+                if r.queued_after is not None or r.refused_after is not None]
+        waited = [r.waited for r in self.results if r.waited is not None]
+        # turns whose words read unfinished wait for more (up to SERVER_UNFINISHED_MAX_SILENCE): policy, not load
+        patient = [t for t in turns if t.latency is not None and t.stages.get("confirmed", 0) > PATIENT_MS]
+        prompt = [t.latency * 1000 for t in turns if t.latency is not None and all(t is not p for p in patient)]
         self.summary = {
-            "sessions": self.sessions, "admitted": len(admitted), "refused": len(told),
-            "refused_max_s": round(max(told), 3) if told else None,
+            "sessions": self.sessions, "admitted": len(admitted), "refused": len(refused),
+            "queued": sum(r.queued is not None for r in self.results), "told": len(told),
+            "told_max_s": round(max(told), 3) if told else None,
+            "queue_wait_max_s": round(max(waited), 1) if waited else None,
             "refusals": sorted({f"{r.refused}/{r.close_code}" for r in self.results if r.refused}),  # code/close code
             "errors": sorted({r.error for r in self.results if r.error}),
             "turns": len(turns), "answered": len(lat), "dropped": len(turns) - len(lat), "early": sum(t.early for t in turns),
             "p50_ms": _r(pct(lat, 0.5)), "p90_ms": _r(pct(lat, 0.9)), "p95_ms": _r(pct(lat, 0.95)),
             "max_ms": _r(max(lat) if lat else None),
+            "waited_unfinished": len(patient), "p90_ms_others": _r(pct(prompt, 0.9)),
             f"server_{self.stage}_p50_ms": _r(pct(server, 0.5)), f"server_{self.stage}_p95_ms": _r(pct(server, 0.95)),
             "audio_s_mean": round(statistics.mean(t.audio_s for t in turns if t.latency is not None), 2) if lat else None,
             "cpu_pct": self.cpu, "wall_s": round(self.wall_s, 1),
@@ -138,24 +149,27 @@ class Level:
     def row(self) -> str:
         s = self.summary
         cpu = " ".join(f"{k} {v:.0f}%" for k, v in self.cpu.items())
-        return (f"{s['sessions']:>4} {s['admitted']:>4} {s['refused']:>4} {s['turns']:>5} {s['answered']:>5} {s['dropped']:>4} "
+        return (f"{s['sessions']:>4} {s['admitted']:>4} {s['queued']:>4} {s['refused']:>4} {s['turns']:>5} {s['answered']:>5} {s['dropped']:>4} "
                 f"{_f(s['p50_ms'])} {_f(s['p90_ms'])} {_f(s['p95_ms'])} {_f(s['max_ms'])}  {cpu}")
 
 
-HEADER = "   N  adm  ref turns  ans  drop    p50    p90    p95    max  CPU (% of one core)"
+HEADER = "   N  adm  que  ref turns  ans  drop    p50    p90    p95    max  CPU (% of one core)"
 
 
 def verdict_real(level: Level, cap: int) -> str:
     """Issue 11's targets: up to 4 sessions p90 ≤ 1.0 s and none dropped; beyond the cap the
-    admitted keep p90 ≤ 1.5 s and the others are told (refused quickly), not stalled."""
+    admitted keep p90 ≤ 1.5 s and the others are told (queued or refused at once), not stalled."""
     s = level.summary
-    p90, dropped, told = s["p90_ms"], s["dropped"], s["refused_max_s"]
+    p90, dropped, told = s["p90_ms"], s["dropped"], s["told_max_s"]
     if level.sessions <= cap:
-        ok = p90 is not None and p90 <= 1000 and dropped == 0 and s["refused"] == 0
-        return f"N={level.sessions}: target p90 <= 1000 ms, 0 dropped: p90 {_f(p90).strip()} ms, {dropped} dropped -> {'PASS' if ok else 'FAIL'}"
+        ok = p90 is not None and p90 <= 1000 and dropped == 0 and s["told"] == 0
+        return (f"N={level.sessions}: target p90 <= 1000 ms, 0 dropped: p90 {_f(p90).strip()} ms, {dropped} dropped -> "
+                f"{'PASS' if ok else 'FAIL'} ({s['waited_unfinished']} turns waited for unfinished words; "
+                f"p90 of the others {_f(s['p90_ms_others']).strip()} ms)")
     ok = p90 is not None and p90 <= 1500 and dropped == 0 and (told is None or told <= 2.0) and not s["errors"]
     return (f"N={level.sessions}: target admitted p90 <= 1500 ms, 0 dropped, the rest told: {s['admitted']} admitted, "
-            f"p90 {_f(p90).strip()} ms, {dropped} dropped, {s['refused']} told within {told if told is not None else '-'} s "
+            f"p90 {_f(p90).strip()} ms, {dropped} dropped, {s['told']} told ({s['queued']} queued, {s['refused']} refused) within "
+            f"{told if told is not None else '-'} s "
             f"-> {'PASS' if ok else 'FAIL'}")
 
 

@@ -142,6 +142,9 @@ class ServerSettings(BaseSettings):
     max_sessions: int = Field(default_factory=lambda: 2 * (os.cpu_count() or 2), ge=1,
                               description="concurrent sessions this server admits (default: 2 per core)")
     max_sessions_per_key: int = Field(0, ge=0, description="concurrent sessions per API key (0: max_sessions)")
+    max_queued: int = Field(default_factory=lambda: 2 * (os.cpu_count() or 2), ge=0,
+                            description="sessions that may wait for a place when the server is full (0: refuse at once)")
+    queue_timeout: float = Field(30.0, gt=0, description="seconds a queued session waits before it is refused")
     max_frame_bytes: int = Field(65536, ge=1024, description="largest WebSocket frame (64 KiB = 2 s of audio); larger: close 1009")
     max_init_bytes: int = Field(16384, ge=256, description="largest init or control message")
     session_max_duration: float = Field(3600.0, gt=0, description="seconds a session may last")

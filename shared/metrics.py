@@ -19,6 +19,7 @@ INFLIGHT = Gauge("s2s_inflight_requests", "HTTP requests and WebSockets being se
 
 # Session server
 ACTIVE_SESSIONS = Gauge("s2s_server_active_sessions", "open sessions on /ws")
+QUEUED_SESSIONS = Gauge("s2s_server_queued_sessions", "sessions waiting for a place on /ws")
 TURNS = Counter("s2s_server_turns_total", "turns, by how they ended", ["outcome"])
 INTERRUPTIONS = Counter("s2s_server_interruptions_total", "answers cut by the user speaking (barge-in)")
 SESSION_ERRORS = Counter("s2s_server_errors_total", "error messages sent to clients, by code", ["code"])

@@ -94,6 +94,15 @@ class CallReady(_Out):
     sample_rate_out: int = 24000
 
 
+class Queued(_Out):
+    """The server is full: this session waits for a place (then `call_ready`); audio sent meanwhile is dropped."""
+
+    type: Literal["queued"] = "queued"
+    position: int = Field(ge=1, description="place in the queue, 1 = next")
+    estimated_wait_s: float
+    message: str = "the server is full; you are in the queue, audio is ignored until call_ready"
+
+
 class SpeechStart(_Out):
     type: Literal["speech_start"] = "speech_start"
 

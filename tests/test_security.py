@@ -89,7 +89,7 @@ BASE = 39100
 
 @pytest.fixture(scope="module")
 def guarded() -> Iterator[str]:
-    proc = _server(BASE, SERVER_MAX_SESSIONS="3", SERVER_MAX_SESSIONS_PER_KEY="2", SERVER_SESSION_IDLE_TIMEOUT="1.5",
+    proc = _server(BASE, SERVER_MAX_SESSIONS="3", SERVER_MAX_SESSIONS_PER_KEY="2", SERVER_MAX_QUEUED="1", SERVER_SESSION_IDLE_TIMEOUT="1.5",
                    SERVER_SESSION_MAX_DURATION="4", TOKEN_TTL="2", SERVER_MAX_BODY_MB="0.01",
                    RATE_LIMIT_PER_MINUTE="0")  # the 429 test has a server of its own
     try:
@@ -204,9 +204,17 @@ async def test_session_caps_per_key_and_per_server(guarded):
         ws, ready = await _session(guarded, key=1)
         held.append(ws)
         assert ready["type"] == "call_ready"
+        # the server is full: the next newcomer waits in the queue (one place), the one after is refused
+        waiting, queued = await _session(guarded, key=1)
+        assert queued["type"] == "queued" and queued["position"] == 1 and queued["estimated_wait_s"] >= 0
         ws, refused = await _session(guarded, key=1)
         _, code = await _until_closed(ws)
         assert refused["code"] == "server_full" and code == 1013
+        await waiting.send(b"\0" * 640)  # audio while queued is dropped, not an error
+        await held.pop(0).close()  # a place comes free: it goes to the one waiting
+        ready = json.loads(await asyncio.wait_for(waiting.recv(), 5))
+        assert ready["type"] == "call_ready"
+        held.append(waiting)
     finally:
         for ws in held:
             await ws.close()
@@ -214,6 +222,29 @@ async def test_session_caps_per_key_and_per_server(guarded):
     ws, ready = await _session(guarded, key=0)  # capacity comes back when sessions end
     assert ready["type"] == "call_ready"
     await ws.close()
+
+
+async def test_a_queued_session_is_refused_after_the_queue_timeout():
+    proc = _server(BASE + 5, SERVER_MAX_SESSIONS="1", SERVER_MAX_QUEUED="2", SERVER_QUEUE_TIMEOUT="1",
+                   RATE_LIMIT_PER_MINUTE="0")
+    host = f"127.0.0.1:{BASE + 5}"
+    try:
+        first, ready = await _session(host)
+        assert ready["type"] == "call_ready"
+        second, queued = await _session(host, key=1)
+        third, queued3 = await _session(host, key=1)
+        assert (queued["position"], queued3["position"]) == (1, 2)
+        t0 = time.monotonic()
+        msgs, code = await _until_closed(second)
+        assert msgs[-1]["code"] == "server_full" and code == 1013 and 0.5 < time.monotonic() - t0 < 5
+        await third.close()
+        await first.close()
+        await asyncio.sleep(0.3)
+        ws, ready = await _session(host)
+        assert ready["type"] == "call_ready"
+        await ws.close()
+    finally:
+        _stop(proc)
 
 
 async def test_idle_and_duration_limits(guarded):

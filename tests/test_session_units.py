@@ -66,3 +66,47 @@ def test_admission_counts_per_key_and_releases():
     with pytest.raises(Full) as e:
         a.admit(object(), "k9")  # type: ignore[arg-type]
     assert e.value.reason == "draining"
+
+
+async def test_queue_admits_first_come_first_served_and_tells_each_place():
+    a = Admission(max_sessions=1, max_per_key=5, max_queued=2, queue_timeout=5)
+    s1, s2, s3, s4 = (object() for _ in range(4))
+    told: dict[str, list[tuple[int, float]]] = {"s2": [], "s3": []}
+
+    def tell(name: str):
+        async def f(place: int, wait: float) -> None:
+            told[name].append((place, wait))
+        return f
+
+    assert a.admit(s1, "k")  # type: ignore[arg-type]
+    assert not a.admit(s2, "k") and not a.admit(s3, "k")  # type: ignore[arg-type]
+    w2 = asyncio.create_task(a.wait(s2, "k", tell("s2")))  # type: ignore[arg-type]
+    await asyncio.sleep(0)
+    w3 = asyncio.create_task(a.wait(s3, "k", tell("s3")))  # type: ignore[arg-type]
+    await asyncio.sleep(0.01)
+    with pytest.raises(Full) as e:
+        a.admit(s4, "k")  # type: ignore[arg-type]
+    assert e.value.reason == "server_full"  # the queue is full too
+    assert told == {"s2": [(1, 60.0)], "s3": [(2, 120.0)]}  # no session has ended yet: 60 s each
+    a.release(s1)  # type: ignore[arg-type]
+    await asyncio.wait_for(w2, 1)
+    await asyncio.sleep(0.01)
+    assert s2 in a.sessions and s3 not in a.sessions and told["s3"][-1][0] == 1
+    assert told["s3"][-1][1] < 1.0  # the estimate follows how long sessions last (s1: a few ms)
+    a.draining = True
+    a.release(s2)  # type: ignore[arg-type]
+    with pytest.raises(Full) as e:
+        await asyncio.wait_for(w3, 1)
+    assert e.value.reason == "draining" and not a.sessions and not a._queue
+
+
+async def test_a_queued_session_gives_up_after_the_timeout():
+    a = Admission(max_sessions=1, max_per_key=5, max_queued=1, queue_timeout=0.2)
+    a.admit(object(), "k")  # type: ignore[arg-type]
+
+    async def quiet(place: int, wait: float) -> None:
+        pass
+
+    with pytest.raises(Full) as e:
+        await asyncio.wait_for(a.wait(object(), "k", quiet), 2)  # type: ignore[arg-type]
+    assert e.value.reason == "server_full" and "within" in str(e.value) and not a._queue

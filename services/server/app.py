@@ -28,7 +28,7 @@ from shared.clients import ChatClient, SttClient
 from shared.config import ServerSettings, common, urls
 from shared.logs import SESSION_LOG, setup_logging
 from shared.metrics import SESSION_ERRORS
-from shared.protocol import CallReady, ErrorOut, InitMessage, client_message, first_error
+from shared.protocol import CallReady, ErrorOut, InitMessage, Queued, client_message, first_error
 from shared.replicas import Replicas
 from shared.security import service_headers
 from shared.service import create_service
@@ -56,7 +56,7 @@ class _Deps:
 
 
 deps = _Deps()
-admission = Admission(cfg.max_sessions, cfg.max_sessions_per_key)
+admission = Admission(cfg.max_sessions, cfg.max_sessions_per_key, cfg.max_queued, cfg.queue_timeout)
 
 
 async def _load() -> None:
@@ -212,10 +212,8 @@ async def session_ws(ws: WebSocket, session_id: str) -> None:
         return
     agent = deps.agents.get(init.agentId)
     session = Session(ws, session_id, init, agent, deps.services)
-    try:
-        admission.admit(session, ws.scope.get("state", {}).get("key_id", "anonymous"))
-    except Full as exc:
-        await _reject(ws, CLOSE_TRY_LATER, exc.message, exc.reason)
+    if not await _take_place(ws, session, ws.scope.get("state", {}).get("key_id", "anonymous")):
+        admission.release(session)  # in case a place came just as the client left
         return
     token = SESSION_LOG.set(session_id)
     log.info("start (agent %s, audio out %s)", agent.id, init.audioOut)
@@ -235,6 +233,35 @@ async def session_ws(ws: WebSocket, session_id: str) -> None:
         await session.close()
         log.info("end")
         SESSION_LOG.reset(token)
+
+
+async def _take_place(ws: WebSocket, session: Session, key_id: str) -> bool:
+    """Admitted now, or after waiting in the queue (told its place); False: refused, or the client left."""
+    try:
+        if admission.admit(session, key_id):
+            return True  # the common case: nothing of the client's audio has been read meanwhile
+    except Full as exc:
+        await _reject(ws, CLOSE_TRY_LATER, exc.message, exc.reason)
+        return False
+
+    async def tell(place: int, wait: float) -> None:
+        await ws.send_text(Queued(position=place, estimated_wait_s=wait).dump())
+
+    async def until_gone() -> None:  # frames sent while queued are dropped; a disconnect ends the wait
+        while (await ws.receive())["type"] != "websocket.disconnect":
+            pass
+
+    entering, gone = asyncio.create_task(admission.wait(session, key_id, tell)), asyncio.create_task(until_gone())
+    done, _ = await asyncio.wait({entering, gone}, return_when=asyncio.FIRST_COMPLETED)
+    for task in (entering, gone):
+        task.cancel()
+    await asyncio.gather(entering, gone, return_exceptions=True)  # nothing else may read the socket meanwhile
+    if gone in done or entering.cancelled():
+        return False
+    if isinstance(failed := entering.exception(), Full):
+        await _reject(ws, CLOSE_TRY_LATER, failed.message, failed.reason)
+        return False
+    return failed is None  # else telling its place failed: the client is gone
 
 
 async def _serve(ws: WebSocket, session: Session) -> None:

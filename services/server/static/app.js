@@ -487,6 +487,10 @@ function onMessage(m) {
       setConn("ready");
       startMic();
       break;
+    case "queued":
+      // the server is full: we wait for a place (the microphone starts on call_ready)
+      setConn("connecting", `queued: #${m.position}, about ${Math.ceil(m.estimated_wait_s)} s`);
+      break;
     case "speech_start":
       showPendingUser("…");
       setActivity("user", "You're speaking…");
