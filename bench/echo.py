@@ -8,8 +8,9 @@ reply is played back into the microphone like a client without echo cancellation
 (delayed, attenuated, optionally through a synthetic room with RT60 0.45 s, over
 -55 dBFS hiss). Counts self-turns (a transcript beyond the user's one) and
 self-interruptions (`interrupted` with no one talking over us). With --barge, a second
-session per cell has a second clip start 2.5 s after the first ended (inside the
-reply), and reports whether `interrupted` came. The system prompt asks for long replies.
+session per cell has a second clip start 1 s after the reply's first audio arrived (so it
+always talks over the reply, however short), and reports whether `interrupted` came. The
+system prompt asks for long replies.
 """
 
 from __future__ import annotations
@@ -44,9 +45,12 @@ def at_level(pcm: np.ndarray, dbfs: float) -> np.ndarray:
     return (x * 10 ** ((dbfs - rms_dbfs(x)) / 20) * 32767).clip(-32768, 32767).astype(np.int16)
 
 
+BARGE_AFTER = 1.0  # s after the reply's first audio that the second clip starts
+
+
 async def cell(ws: str, first: np.ndarray, second: np.ndarray | None, loop: tuple[float, float, float, float]) -> dict:
-    pcm = first if second is None else np.concatenate([first, np.zeros(int(2.5 * 16000), np.int16), second])
-    res = await stream_pcm(ws, pcm, tail=10.0, loopback=loop, wait_for_end=2, init=LONG_REPLIES)
+    barge = None if second is None else (second, BARGE_AFTER)
+    res = await stream_pcm(ws, first, tail=10.0, loopback=loop, wait_for_end=2, init=LONG_REPLIES, barge=barge)
     users = 1 if second is None else 2
     return {"turns": len(res.transcripts), "self_turns": max(0, len(res.transcripts) - users),
             "interrupted": len(res.of("interrupted")), "audio_s": res.audio_seconds(), "transcripts": res.transcripts}

@@ -76,6 +76,7 @@ async def stream_pcm(
     extra: list[tuple[float, str]] | None = None,
     loopback: tuple[float, float] | tuple[float, float, float, float] | None = None,
     headers: dict[str, str] | None = None,
+    barge: tuple[np.ndarray, float] | None = None,
 ) -> SessionResult:
     """Send lead silence + pcm + tail silence in real time; collect everything that comes back.
 
@@ -83,7 +84,8 @@ async def stream_pcm(
     `extra` is a list of (seconds from start, text frame) to send along the way.
     `loopback=(gain, delay_s)` plays received audio back into the microphone stream,
     like a client without echo cancellation; `(gain, delay_s, rt60_s, noise_dbfs)` adds a
-    reverberant room and hiss. `headers`: e.g. an API key.
+    reverberant room and hiss. `headers`: e.g. an API key. `barge=(pcm2, s)`: the user talks
+    over the answer, `pcm2` from `s` seconds after its first audio arrived (needs the tail to hold it).
     Returns after the stream and, once speech ended, a `tts_stream_end` and that turn's
     `metrics` (its last message), or the wait.
     """
@@ -91,11 +93,19 @@ async def stream_pcm(
     mic = np.concatenate([sil, pcm.astype(np.int16), np.zeros(int(16000 * tail), np.int16)])
     end_byte = (len(sil) + last_voiced_sample(pcm)) * 2
     res = SessionResult()
-    echo = _Loopback(len(mic), *loopback) if loopback else None
+    echo = _Loopback(len(mic), *loopback) if loopback else (_Loopback(len(mic), 0.0, 0.0) if barge is not None else None)
     done = asyncio.Event()
     url = url if url.rstrip("/").rsplit("/", 1)[-1] != "ws" else url.rstrip("/") + "/" + uuid.uuid4().hex
     async with websockets.connect(url, max_size=2**24, additional_headers=headers) as ws:
         await ws.send(json.dumps(init or {"agentId": "assistant", "userId": "test", "agentName": "Test"}))
+
+        def talk_over(now: float) -> None:
+            nonlocal barge
+            if barge is not None and res.first_audio is not None:
+                at = int((now - t0 + barge[1]) * 16000)
+                part = barge[0][: max(0, len(mic) - at)]
+                mic[at : at + len(part)] = np.clip(mic[at : at + len(part)].astype(np.int32) + part, -32768, 32767)
+                barge = None
 
         async def reader() -> None:
             turn = 0
@@ -105,6 +115,7 @@ async def stream_pcm(
                     now = time.perf_counter()
                     if isinstance(raw, bytes):
                         _audio(res, turn, np.frombuffer(raw, "<f4"), now)
+                        talk_over(now)
                         if echo:
                             echo.play(np.frombuffer(raw, "<f4"), now - t0)
                         continue
@@ -115,6 +126,7 @@ async def stream_pcm(
                         d = msg["data"]
                         chunk = np.frombuffer(base64.b64decode(d["chunk"]), "<f4")
                         _audio(res, d["turn_id"], chunk, now)
+                        talk_over(now)
                         if echo:
                             echo.play(chunk, now - t0)
                     elif msg["type"] == "tts_stream_end" and res.speech_end is not None:

@@ -69,7 +69,7 @@ def test_admission_counts_per_key_and_releases():
 
 
 async def test_queue_admits_first_come_first_served_and_tells_each_place():
-    a = Admission(max_sessions=1, max_per_key=5, max_queued=2, queue_timeout=5)
+    a = Admission(max_sessions=1, max_per_key=0, max_queued=2, queue_timeout=5)  # no keys: all "anonymous"
     s1, s2, s3, s4 = (object() for _ in range(4))
     told: dict[str, list[tuple[int, float]]] = {"s2": [], "s3": []}
 

@@ -63,12 +63,12 @@ class Admission:
         reason = None
         if self.draining:
             reason = "draining", "the server is shutting down; connect again in a moment"
-        elif self._per_key[key_id] >= self.max_per_key:
-            reason = "key_full", f"this API key already has {self.max_per_key} open sessions; close one or try again later"
         elif len(self.sessions) >= self.max_sessions or self._queue:  # those waiting go first
             if len(self._queue) < self.max_queued:
-                return False
+                return False  # (a place that frees goes to it once its key is under its cap too)
             reason = "server_full", f"the server is serving its maximum of {self.max_sessions} sessions; try again later"
+        elif self._per_key[key_id] >= self.max_per_key:
+            reason = "key_full", f"this API key already has {self.max_per_key} open sessions; close one or try again later"
         if reason is not None:
             self._refused(Full(reason[1], reason[0]))
         self._register(session, key_id)
