@@ -3,7 +3,7 @@
 import numpy as np
 
 from services.server.echo import EchoGuard, repeats_our_words
-from shared.audio import resample
+from shared.audio import resample, room_impulse_response, white_noise
 from tests.conftest import trimmed
 
 
@@ -102,3 +102,23 @@ def test_our_words_heard_back_are_told_from_the_users():
     assert not repeats_our_words("No, wait, I meant the other one.", said)
     assert not repeats_our_words("Stop.", said)
     assert not repeats_our_words("", said)
+
+
+def test_a_reverberant_room_echo_is_recognised_by_its_smeared_contour(corpus):
+    """A speakerphone in a room (RT60 0.45 s, as much reverberant as direct energy, hiss at
+    -55 dBFS): compared dry, the contour caught about 1 echo in 5; through the model rooms
+    (RT60 0.3 and 0.7 s, neither this one) about 2 in 3."""
+    rir = room_impulse_response(0.45)
+    clips = [trimmed(c.audio, drop_db=30).astype(np.float32) / 32768 for c in corpus[::4]]
+    tried = caught = 0
+    for k, ours in enumerate(clips):
+        for delay in (0.0, 0.3):
+            for gain in (0.3, 1.0):
+                for into in (0.0, 0.5):
+                    mic = np.concatenate([np.zeros(int(delay * 16000), np.float32), np.convolve(gain * ours, rir)[: len(ours)]])
+                    mic = mic + white_noise(len(mic), -55, seed=k)
+                    n = int((delay + into + 0.62) * 16000)
+                    if n <= len(mic):
+                        tried += 1
+                        caught += _check_after(EchoGuard(), ours, mic[:n])
+    assert tried >= 30 and caught >= 0.5 * tried, (caught, tried)
