@@ -46,6 +46,7 @@ def at_level(pcm: np.ndarray, dbfs: float) -> np.ndarray:
 
 
 BARGE_AFTER = 1.0  # s after the reply's first audio that the second clip starts
+BARGE_SHORTEST = BARGE_AFTER + 1.0  # s: a reply shorter than this ends before a barge-in can be told (0.6 s + the check)
 
 
 async def cell(ws: str, first: np.ndarray, second: np.ndarray | None, loop: tuple[float, float, float, float]) -> dict:
@@ -78,15 +79,18 @@ async def main(args: argparse.Namespace) -> None:
                             f"{echo['interrupted']:8d} {echo['audio_s']:7.1f}")
                     if args.barge:
                         barge = await cell(ws, first, second, loop)
-                        row["barge_in"] = barge["interrupted"] > 0
-                        line += f" | {'yes' if row['barge_in'] else 'NO'}"
+                        short = barge["interrupted"] == 0 and barge["audio_s"] < BARGE_SHORTEST
+                        row["barge_in"] = None if short else barge["interrupted"] > 0
+                        line += f" | {'n/a (reply ' + format(barge['audio_s'], '.1f') + ' s)' if short else 'yes' if row['barge_in'] else 'NO'}"
                     rows.append(row)
                     print(line + f"   ({time.perf_counter() - t0:.0f}s) {echo['transcripts']}", flush=True)
     finally:
         stop_system(proc)
     bad = sum(r["self_turns"] + r["interrupted"] for r in rows)
-    missed = sum(1 for r in rows if args.barge and not r["barge_in"])
-    print(f"\n{len(rows)} cells: {bad} self-turns + self-interruptions; barge-in missed in {missed}")
+    missed = sum(1 for r in rows if args.barge and r["barge_in"] is False)
+    na = sum(1 for r in rows if args.barge and r["barge_in"] is None)
+    print(f"\n{len(rows)} cells: {bad} self-turns + self-interruptions; barge-in missed in {missed}"
+          + (f" ({na} replies too short to talk over)" if na else ""))
 
 
 def floats(s: str) -> list[float]:
