@@ -127,8 +127,8 @@ class Level:
                 if r.queued_after is not None or r.refused_after is not None]
         waited = [r.waited for r in self.results if r.waited is not None]
         # turns whose words read unfinished wait for more (up to SERVER_UNFINISHED_MAX_SILENCE): policy, not load
-        patient = [t for t in turns if t.latency is not None and t.stages.get("confirmed", 0) > PATIENT_MS]
-        prompt = [t.latency * 1000 for t in turns if t.latency is not None and all(t is not p for p in patient)]
+        patient = [t.stages.get("confirmed", 0) > PATIENT_MS for t in turns if t.latency is not None]
+        prompt = [x for x, waited in zip(lat, patient, strict=True) if not waited]
         self.summary = {
             "sessions": self.sessions, "admitted": len(admitted), "refused": len(refused),
             "queued": sum(r.queued is not None for r in self.results), "told": len(told),
@@ -139,7 +139,7 @@ class Level:
             "turns": len(turns), "answered": len(lat), "dropped": len(turns) - len(lat), "early": sum(t.early for t in turns),
             "p50_ms": _r(pct(lat, 0.5)), "p90_ms": _r(pct(lat, 0.9)), "p95_ms": _r(pct(lat, 0.95)),
             "max_ms": _r(max(lat) if lat else None),
-            "waited_unfinished": len(patient), "p90_ms_others": _r(pct(prompt, 0.9)),
+            "waited_unfinished": sum(patient), "p90_ms_others": _r(pct(prompt, 0.9)),
             f"server_{self.stage}_p50_ms": _r(pct(server, 0.5)), f"server_{self.stage}_p95_ms": _r(pct(server, 0.95)),
             "audio_s_mean": round(statistics.mean(t.audio_s for t in turns if t.latency is not None), 2) if lat else None,
             "cpu_pct": self.cpu, "wall_s": round(self.wall_s, 1),

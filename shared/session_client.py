@@ -93,7 +93,7 @@ async def stream_pcm(
     mic = np.concatenate([sil, pcm.astype(np.int16), np.zeros(int(16000 * tail), np.int16)])
     end_byte = (len(sil) + last_voiced_sample(pcm)) * 2
     res = SessionResult()
-    echo = _Loopback(len(mic), *loopback) if loopback else (_Loopback(len(mic), 0.0, 0.0) if barge is not None else None)
+    echo = _Loopback(len(mic), *loopback) if loopback else None
     done = asyncio.Event()
     url = url if url.rstrip("/").rsplit("/", 1)[-1] != "ws" else url.rstrip("/") + "/" + uuid.uuid4().hex
     async with websockets.connect(url, max_size=2**24, additional_headers=headers) as ws:
@@ -142,13 +142,13 @@ async def stream_pcm(
         task = asyncio.create_task(reader())
         pending = sorted(extra or [])
         sent, k = 0, 0
-        audio = mic.tobytes()
+        audio = mic.data.cast("B")  # live: a talk-over clip is added to `mic` as the answer arrives
         sizes = frame_sizes or [FRAME * 2]
         while sent < len(audio):
             size = sizes[k % len(sizes)]
             k += 1
             await asyncio.sleep(max(0.0, t0 + sent / 32000 - time.perf_counter()))
-            chunk = audio[sent : sent + size] if echo is None else echo.mix(mic, sent, size)
+            chunk = bytes(audio[sent : sent + size]) if echo is None else echo.mix(mic, sent, size)
             while pending and pending[0][0] <= time.perf_counter() - t0:
                 await ws.send(pending.pop(0)[1])
             await ws.send(chunk)

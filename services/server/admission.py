@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from shared.metrics import ACTIVE_SESSIONS, QUEUED_SESSIONS, REJECTED
 
@@ -122,7 +122,7 @@ class Admission:
         self._per_key[key_id] += 1
         ACTIVE_SESSIONS.set(len(self.sessions))
 
-    def _refused(self, exc: Full) -> None:
+    def _refused(self, exc: Full) -> NoReturn:
         REJECTED.labels(service="server", reason=exc.reason).inc()
         raise exc
 

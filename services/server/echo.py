@@ -39,14 +39,6 @@ ROOMS = ((0.3, 0.0), (0.7, 0.0))
 _FLOOR_DB = -70.0
 
 
-def _onsets(env: np.ndarray, smooth: int) -> np.ndarray:
-    """Frame-to-frame changes of a contour, over a `smooth`-frame moving mean (a room's tail
-    adds frame-level flicker that is not the speech's)."""
-    if smooth > 1:
-        env = np.convolve(env, np.ones(smooth, np.float32) / smooth, mode="valid")
-    return np.diff(env)
-
-
 def _through_room(env: np.ndarray, rt60: float, drr_db: float) -> np.ndarray:
     """A loudness contour as a room would smear it: the direct sound plus an exponentially
     decaying tail (60 dB down after `rt60`) carrying `drr_db` less energy than the direct path."""
@@ -71,9 +63,8 @@ def _envelope(x: np.ndarray, rate: int) -> np.ndarray:
 class EchoGuard:
     def __init__(self, window: float = 0.5, min_delay: float = -0.1, max_delay: float = 0.6, threshold: float = 0.85, delta_threshold: float = 0.6,
                  keep: float = 30.0, confirm_back: float = 0.2, confirm: tuple[float, float] = (0.8, 0.5),
-                 rooms: tuple[tuple[float, float], ...] = ROOMS, smooth: int = 1) -> None:
+                 rooms: tuple[tuple[float, float], ...] = ROOMS) -> None:
         self.window, self.min_delay, self.max_delay, self.confirm_back = window, min_delay, max_delay, confirm_back
-        self.smooth = smooth
         self.rooms = rooms  # (rt60 s, direct-to-reverberant dB) of rooms the reference is also compared through
         self.tail = max((r[0] for r in rooms), default=0.0) / 2  # s of reference before the window a tail reads
         self.threshold, self.delta_threshold, self.confirm = threshold, delta_threshold, confirm
@@ -120,7 +111,7 @@ class EchoGuard:
         inp = np.asarray(list(self._inp)[len(self._inp) - k - m : len(self._inp) - k], np.float32)
         if inp.std() < 1.0:
             return []
-        d_inp = _onsets(inp, self.smooth)
+        d_inp = np.diff(inp)
         # the reference over every delay at once, with the room's tail from before the window:
         # delay j*_FRAME past min_delay reads ref[pre + n_lags-1 - j :][:m]
         n_lags, pre = int(round((self.max_delay - self.min_delay) / _FRAME)) + 1, int(self.tail / _FRAME)
@@ -132,7 +123,7 @@ class EchoGuard:
                 ref = ref_room[pre + n_lags - 1 - j :][:m]
                 if ref.std() < 1.0:
                     continue
-                if np.corrcoef(inp, ref)[0, 1] >= level_min and np.corrcoef(d_inp, _onsets(ref, self.smooth))[0, 1] >= delta_min:
+                if np.corrcoef(inp, ref)[0, 1] >= level_min and np.corrcoef(d_inp, np.diff(ref))[0, 1] >= delta_min:
                     lags.add(round(self.min_delay + j * _FRAME, 3))
         return sorted(lags)
 
