@@ -135,7 +135,7 @@ def test_speech_sse_and_speed(client: OpenAI, system: System) -> None:
 def test_chat_audio_out_matches_transcript(client: OpenAI, system: System) -> None:
     r = client.chat.completions.create(
         model="gpt-4o-audio-preview", modalities=["text", "audio"], audio={"voice": "alloy", "format": "wav"},
-        messages=[{"role": "user", "content": "Tell me one short fact about the sea."}], max_tokens=30)
+        messages=[{"role": "user", "content": "Tell me one short fact about the sea."}], max_tokens=30, temperature=0)
     audio = r.choices[0].message.audio
     assert audio is not None and audio.id and audio.expires_at > time.time() and audio.transcript.strip()
     data = base64.b64decode(audio.data)
@@ -148,7 +148,7 @@ def test_chat_audio_out_matches_transcript(client: OpenAI, system: System) -> No
 def test_chat_audio_stream(client: OpenAI, system: System) -> None:
     stream = client.chat.completions.create(
         model="gpt-4o-audio-preview", modalities=["text", "audio"], audio={"voice": "alloy", "format": "pcm16"}, stream=True,
-        messages=[{"role": "user", "content": "Say something nice about music."}], max_tokens=30)
+        messages=[{"role": "user", "content": "Say something nice about music."}], max_tokens=30, temperature=0)
     transcript, pcm, first_audio_at, t0 = "", b"", None, time.perf_counter()
     for chunk in stream:
         delta = chunk.choices[0].delta if chunk.choices else None

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import httpx
 import numpy as np
 import pytest
+import soundfile as sf
 import websockets
 
 from shared.protocol import SttFinal, SttPartial
@@ -222,3 +223,15 @@ def test_a_loop_cut_short_by_the_length_cap_is_a_loop():
     assert _looped(said + said[:8])  # the cap cut the second time short
     assert not _looped(said)
     assert not _looped([1, 2, 3, 4, 5, 6, 7, 1, 2, 3])  # three words back is speech, not a loop
+
+
+def test_a_repeat_that_differs_only_in_case_and_punctuation_is_a_loop(stt):
+    """A Piper take of "Oh, you remember the sea?" (1.7 s) that tiny.en, in the short window,
+    decoded as "Oh, you remember the C? You remember the C?": no token repeats (" you" is not
+    " You"), so the repeat is found in the words and the full window decodes it once."""
+    audio, rate = sf.read(ROOT / "tests" / "audio" / "piper_take_whisper_repeats.wav", dtype="int16")
+    assert rate == 16000
+    r = post(stt, audio.tobytes())
+    assert r.status_code == 200, r.text
+    words = r.json()["text"].lower().split()
+    assert words.count("remember") == 1 and len(words) <= 6, r.text

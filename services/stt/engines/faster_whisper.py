@@ -14,6 +14,8 @@ optionally word times from cross-attention (`model.align`) to trim its buffer.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,12 +108,14 @@ class FasterWhisperEngine(SttEngine):
         # a short window occasionally makes Whisper repeat itself; the full 30 s window does not.
         # Retried from a 2-token repeat on (a short "Yes." came back as "Yes. Yes." in a CI run);
         # a repeat the 30 s window keeps too is a loop only from 3 tokens ("bye bye" is speech).
-        if _looped(prefix + ids, min_len=2) and frames < fe.nb_max_frames:
+        # Words are compared too, case and punctuation aside: "Oh, you remember the C? You remember
+        # the C?" repeats no token (" you" is not " You") and came back so in a CI run.
+        if (_looped(prefix + ids, min_len=2) or _looped(_word_keys(prefix + ids, tok), min_len=2)) and frames < fe.nb_max_frames:
             frames = fe.nb_max_frames
             enc = self._encode(feats, frames)
             res = self._generate(enc, prompt, duration, temperature)
             ids = self._new_ids(res, prompt, tok)
-        looped = _looped(prefix + ids)
+        looped = _looped(prefix + ids) or _looped(_word_keys(prefix + ids, tok))
         rejected = self._hallucinated(res.no_speech_prob, res.scores[0])
         # Align the whole text, tail included: a monotonic alignment of the prefix alone would
         # stretch its last words over the audio still to be transcribed.
@@ -185,7 +189,7 @@ class FasterWhisperEngine(SttEngine):
         return Transcript(text, info.language, len(audio) / STT_RATE, dropped, kept)
 
 
-def _looped(ids: list[int], min_len: int = 3, tail: int = 6) -> bool:
+def _looped(ids: Sequence[Hashable], min_len: int = 3, tail: int = 6) -> bool:
     """Does the decoded token sequence end by repeating a phrase of min_len+ tokens, or end
     inside a repeat (the length cap cut the loop short: "... powered at the eye. Welcome to
     the open audio powered at the"), its last `tail` tokens said already earlier?"""
@@ -193,3 +197,9 @@ def _looped(ids: list[int], min_len: int = 3, tail: int = 6) -> bool:
         return True
     end = ids[-tail:]
     return len(ids) > tail and any(ids[i : i + tail] == end for i in range(len(ids) - tail))
+
+
+def _word_keys(ids: list[int], tok: Any) -> list[str]:
+    """The decoded words, lower-cased and without punctuation, for a loop check that a change of
+    case or of a full stop into a question mark does not hide."""
+    return re.findall(r"[\w']+", tok.decode(ids).lower())
