@@ -8,9 +8,13 @@ reply is played back into the microphone like a client without echo cancellation
 (delayed, attenuated, optionally through a synthetic room with RT60 0.45 s, over
 -55 dBFS hiss). Counts self-turns (a transcript beyond the user's one) and
 self-interruptions (`interrupted` with no one talking over us). With --barge, a second
-session per cell has a second clip start 1 s after the reply's first audio arrived (so it
-always talks over the reply, however short), and reports whether `interrupted` came. The
-system prompt asks for long replies.
+session per cell has a second clip start 1 s after the reply's first audio arrived, and
+reports whether the user got their turn: "yes" (`interrupted` came and that turn's
+transcript holds 60% of the second clip's words: it may also hold some of our echo's, which
+was in the mix while they talked over it), "late" (the reply ended before the
+talk-over was told from our echo, but the clip still became its own turn with its words),
+"n/a" (the reply was too short to talk over) or "NO" (lost, or its words were not the
+clip's). The system prompt asks for long replies.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from shared.audio import rms_dbfs  # noqa: E402
 from shared.session_client import stream_pcm  # noqa: E402
+from shared.wer import normalise  # noqa: E402
 from tests.conftest import load_corpus, start_system, stop_system, system_env  # noqa: E402
 
 DELAYS = (0.0, 0.04, 0.15, 0.3, 0.45, 0.5)
@@ -46,7 +51,8 @@ def at_level(pcm: np.ndarray, dbfs: float) -> np.ndarray:
 
 
 BARGE_AFTER = 1.0  # s after the reply's first audio that the second clip starts
-BARGE_SHORTEST = BARGE_AFTER + 1.0  # s: a reply shorter than this ends before a barge-in can be told (0.6 s + the check)
+BARGE_SHORTEST = BARGE_AFTER + 2.5  # s: a reply shorter than this may end before talk-over is told from our echo
+WORDS_OK = 0.6  # share of the clip's words the talk-over turn's transcript must hold
 
 
 async def cell(ws: str, first: np.ndarray, second: np.ndarray | None, loop: tuple[float, float, float, float]) -> dict:
@@ -54,13 +60,27 @@ async def cell(ws: str, first: np.ndarray, second: np.ndarray | None, loop: tupl
     res = await stream_pcm(ws, first, tail=10.0, loopback=loop, wait_for_end=2, init=LONG_REPLIES, barge=barge)
     users = 1 if second is None else 2
     return {"turns": len(res.transcripts), "self_turns": max(0, len(res.transcripts) - users),
-            "interrupted": len(res.of("interrupted")), "audio_s": res.audio_seconds(), "transcripts": res.transcripts}
+            "interrupted": len(res.of("interrupted")), "audio_s": res.audio_seconds(1), "transcripts": res.transcripts}
+
+
+def barge_verdict(barge: dict, words: str) -> str:
+    """Did the talk-over become the user's turn, with their words?"""
+    turns, ref = barge["transcripts"][1:], normalise(words)
+    heard = bool(turns) and sum(w in set(normalise(turns[-1])) for w in ref) >= WORDS_OK * len(ref)
+    if barge["interrupted"] and heard:
+        return "yes"
+    if heard:
+        return "late"
+    if barge["interrupted"] == 0 and barge["audio_s"] < BARGE_SHORTEST:
+        return "n/a"
+    return "NO"
 
 
 async def main(args: argparse.Namespace) -> None:
     corpus = sorted(load_corpus(), key=lambda c: len(c.audio))
     first = at_level(corpus[len(corpus) // 3].audio, -20.0)
-    second = at_level(corpus[len(corpus) // 2].audio, -20.0)
+    second_clip = corpus[len(corpus) // 2]
+    second = at_level(second_clip.audio, -20.0)
     base = int(os.environ.get("TEST_BASE_PORT", "18050"))
     proc, urls = start_system(system_env(base), ROOT / "test-output" / "bench-echo.log")
     ws = urls["server"].replace("http://", "ws://") + "/ws/"
@@ -79,18 +99,18 @@ async def main(args: argparse.Namespace) -> None:
                             f"{echo['interrupted']:8d} {echo['audio_s']:7.1f}")
                     if args.barge:
                         barge = await cell(ws, first, second, loop)
-                        short = barge["interrupted"] == 0 and barge["audio_s"] < BARGE_SHORTEST
-                        row["barge_in"] = None if short else barge["interrupted"] > 0
-                        line += f" | {'n/a (reply ' + format(barge['audio_s'], '.1f') + ' s)' if short else 'yes' if row['barge_in'] else 'NO'}"
+                        row["barge_in"] = barge_verdict(barge, second_clip.transcript)
+                        line += f" | {row['barge_in']:4s} (reply {barge['audio_s']:.1f} s) {barge['transcripts'][1:]}"
                     rows.append(row)
                     print(line + f"   ({time.perf_counter() - t0:.0f}s) {echo['transcripts']}", flush=True)
     finally:
         stop_system(proc)
     bad = sum(r["self_turns"] + r["interrupted"] for r in rows)
-    missed = sum(1 for r in rows if args.barge and r["barge_in"] is False)
-    na = sum(1 for r in rows if args.barge and r["barge_in"] is None)
-    print(f"\n{len(rows)} cells: {bad} self-turns + self-interruptions; barge-in missed in {missed}"
-          + (f" ({na} replies too short to talk over)" if na else ""))
+    print(f"\n{len(rows)} cells: {bad} self-turns + self-interruptions")
+    if args.barge:
+        n = {v: sum(r["barge_in"] == v for r in rows) for v in ("yes", "late", "n/a", "NO")}
+        print(f"talk-over: interrupted with the user's words in {n['yes']}, their own turn after the reply in "
+              f"{n['late']}, reply too short in {n['n/a']}, lost in {n['NO']}")
 
 
 def floats(s: str) -> list[float]:

@@ -81,6 +81,9 @@ LONG_REPLIES = "A chatty voice assistant who always answers in four or five long
 # s of answer the second utterance can talk over: it starts 0.25 s after the first audio, and
 # speech over our reply counts once it lasts 0.6 s (then the words check, ~0.1-0.4 s)
 TALK_OVER_SHORTEST = 1.5
+# over our echo: the talk-over starts 1 s after the first audio, and is told from the echo
+# once the contour stops following ours (~0.4-1 s) and STT has heard its words (~0.1-0.4 s)
+ECHO_TALK_OVER_SHORTEST = 3.5
 
 
 async def test_barge_in_stops_the_answer_and_keeps_only_what_was_heard(system, corpus):
@@ -121,6 +124,27 @@ async def test_own_voice_looped_back_does_not_trigger_a_turn(system, corpus):
     assert len(res.transcripts) == 1, res.transcripts
     assert res.of("interrupted") == []
     assert len(res.of("tts_stream_end")) == 1 and res.audio_seconds() >= SPOKEN
+
+
+async def test_a_person_talking_over_our_echo_still_barges_in(system, corpus):
+    """A speakerphone: our voice comes back (judged echo, ignored), then the user talks over
+    it. Their words must interrupt and become their own turn, without the first turn's words
+    (the turn may also hold some of our echo's: it was in the mix while they talked over it)."""
+    first, second = by_length(corpus)[-8], by_length(corpus)[-6]
+    for _ in range(5):
+        res = await stream_pcm(system.ws, first.audio, tail=10.0, loopback=(0.5, 0.15), wait_for_end=2,
+                               init={"agentId": "assistant", "userId": "t", "agentName": "T", "systemPrompt": LONG_REPLIES},
+                               barge=(second.audio, 1.0))
+        if res.of("interrupted") or res.audio_seconds(1) >= ECHO_TALK_OVER_SHORTEST:
+            break
+        # the sampled answer ended before the talk-over could be told from our echo: ask again
+    assert len(res.of("interrupted")) == 1, res.transcripts
+    assert len(res.transcripts) == 2, res.transcripts
+    heard, theirs = set(normalise(res.transcripts[1])), normalise(second.transcript)
+    assert sum(w in heard for w in theirs) >= 0.6 * len(theirs), res.transcripts
+    reply1 = "".join(m["text"] for m in res.of("response_text") if m["turn_id"] == 1)
+    first_only = set(normalise(first.transcript)) - set(theirs) - set(normalise(reply1))
+    assert len(first_only & heard) <= 1, res.transcripts  # not the first utterance again
 
 
 async def test_a_short_yes_is_answered(system):

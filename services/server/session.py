@@ -98,6 +98,15 @@ async def new_detector(cfg: ServerSettings, *overrides: DetectorOverrides | None
 
 SEND_TIMEOUT = 10.0  # a client that reads nothing for this long is gone
 TICK = 0.05  # how often time-based decisions are made when no audio arrives
+# Speech judged to be our echo is not forgotten: the user may start talking over it.
+ECHO_LOOK = 0.2  # s between looks at whether speech judged echo still follows our contour
+ECHO_MISSES = 2  # looks in a row that do not follow it: judged again (one miss is chance)
+ECHO_TAIL = 1.0  # s after our playback ends that an echo (delay + a room's reverb) may still be heard
+ECHO_RELISTENS = 3  # an echo check that heard no words listens again, with more audio, this often
+ECHO_RELISTEN_AFTER = 0.4  # s between those looks
+ECHO_PREROLL = 0.5  # s of audio before a re-judged onset that the user's turn keeps (their first word)
+ECHO_WORDS_BACK = 0.2  # s before the contour's first miss that the words check also hears
+ECHO_EPISODE = 1.5  # s: re-judged again within this, the user's words still begin where they did
 STALL_SLACK = 0.1  # audio frames arrive every ~20 ms; a gap longer than this counts as silence
 
 
@@ -130,10 +139,15 @@ class Session:
         self._send_lock = asyncio.Lock()
         self._odd_byte = b""
         self._play_until = 0.0  # wall clock when the client will have played all it got
-        # "normal" | "ignored" (backchannel, echo) | "barge" (may interrupt) | "checking" (are those our words?)
+        # What the speech in progress is: "normal" (the user's turn) | "ignored" (talk-over with
+        # interruptions off) | "barge" (over our reply: may interrupt) | "checking" (are those our
+        # words?) | "echo" (follows our contour; watched) | "echo_words" (our words, or none)
         self._utterance = "normal"
         self._echo_check: asyncio.Task[None] | None = None
         self._barge_onset = 0.0
+        self._echo_look, self._echo_misses = 0.0, 0  # when the echo is next looked at; looks that missed
+        self._words_from = 0  # samples into the detector's utterance where the user's words begin
+        self._rejudged_at = -ECHO_EPISODE  # detector time of the last re-judgement
         self._closed = False
         self._early: Turn | None = None
         self._last_audio = time.perf_counter()  # wall clock of the last audio frame
@@ -193,6 +207,10 @@ class Session:
     def speaking(self) -> bool:
         return self.active is not None or time.perf_counter() < self._play_until
 
+    def echo_audible(self) -> bool:
+        """Our voice may still be coming back through the user's mic."""
+        return self.active is not None or time.perf_counter() < self._play_until + ECHO_TAIL
+
     async def error(self, code: str, message: str, recoverable: bool = True) -> None:
         SESSION_ERRORS.labels(code=code).inc()
         await self.send(ErrorOut(code=code, message=message, recoverable=recoverable).dump())
@@ -232,7 +250,7 @@ class Session:
     async def _stream_utterance(self) -> None:
         """The user's words go to live STT while they speak (not echo or talk-over we ignore)."""
         if self.live is not None and self._utterance == "normal" and self.detector.in_speech:
-            await self.live.feed(self.detector.utterance_since(self.live.streamed))
+            await self.live.feed(self.detector.utterance_since(self._words_from + self.live.streamed))
 
     async def _on_partial(self, partial: SttPartial) -> None:
         turn = self.current
@@ -249,7 +267,8 @@ class Session:
 
     async def _on_event(self, ev: object, speech_end: float) -> None:
         if isinstance(ev, SpeechStarted):
-            self._utterance, self._early = "normal", None  # a new utterance continues nothing
+            self._utterance, self._early, self._words_from = "normal", None, 0  # a new utterance continues nothing
+            self._rejudged_at = -ECHO_EPISODE
             if self.speaking():
                 # while we talk, speech only counts once it lasts longer than a backchannel
                 # and does not follow our own voice (see _check_progress)
@@ -262,7 +281,7 @@ class Session:
                 self._utterance, self._early = "normal", None
                 await self._end_utterance()
         elif isinstance(ev, SpeechPaused):
-            self._speculate(ev.audio, speech_end)
+            self._speculate(ev.audio[self._words_from :], speech_end)
         elif isinstance(ev, SpeechResumed):
             # the user goes on: drop the speculative answer; the turn listens on, keeping its id
             if self.current is not None and self.current.state == TurnState.SPECULATING:
@@ -279,7 +298,7 @@ class Session:
                 self._early = None
             elif turn is not None:
                 if turn.state == TurnState.LISTENING:  # ended with no pause seen (the 30 s limit)
-                    self._speculate(ev.audio, speech_end, live=False)
+                    self._speculate(ev.audio[self._words_from :], speech_end, live=False)
                 await self._promote(turn)
             await self._end_utterance()
 
@@ -340,19 +359,23 @@ class Session:
     async def _check_progress(self) -> None:
         """Time-based decisions that are not detector events."""
         det = self.detector
-        if self._utterance == "barge" and det.in_speech and det.silence == 0.0 and det.time - self._barge_onset >= self.cfg.backchannel_max:
-            if self.speaking() and self.echo.is_echo():
-                self._utterance = "ignored"
+        speech = det.in_speech and det.silence == 0.0
+        if self._utterance == "barge" and speech and det.time - self._barge_onset >= self.cfg.backchannel_max:
+            if self.echo_audible() and self.echo.is_echo():
+                self._judged_echo("echo")
                 log.info("speech follows our own playback: echo, ignored")
-            elif self.speaking() and (said := self._said()):
+            elif self.echo_audible() and self._said():
                 # not our contour, but maybe our words (reverb smears contours): STT decides
                 self._utterance = "checking"
-                audio = det.utterance_since(max(0, det.utterance_samples - int((det.time - self._barge_onset) * STT_RATE)))
-                if self._echo_check is not None:
-                    self._echo_check.cancel()
-                self._echo_check = asyncio.create_task(self._check_words(audio, said))
+                self._check_words(self._barge_onset, relistens=ECHO_RELISTENS)
             else:
                 await self._barge_in()
+        elif self._utterance in ("echo", "echo_words") and speech:
+            if not self.echo_audible():
+                log.info("speech goes on after our playback: judged again")
+                await self._rejudge(det.time - ECHO_TAIL, barge_now=True)
+            elif self._utterance == "echo" and time.perf_counter() >= self._echo_look:
+                await self._watch_echo()
         p = self.current
         if p is None or not det.in_speech:
             return
@@ -361,9 +384,9 @@ class Session:
         # the client stopped mid-word (no pause was ever seen), or late words sent the turn back
         # to listening inside a pause the detector already reported
         if p.state == TurnState.LISTENING and (stalled or det.paused):
-            self._speculate(det.utterance_since(0), time.perf_counter() - silence)
+            self._speculate(det.utterance_since(self._words_from), time.perf_counter() - silence)
         if p.state == TurnState.LISTENING and self._words_stopped():
-            self._speculate(det.utterance_since(0), self._words_at, by_words=True)
+            self._speculate(det.utterance_since(self._words_from), self._words_at, by_words=True)
         if p.by_words:  # the room is not silent: time since the last new word stands in for silence
             silence = time.perf_counter() - self._words_at - self.cfg.words_stopped
         if p.state == TurnState.SPECULATING and (stalled or silence >= self._wait_for(p)):
@@ -378,24 +401,75 @@ class Session:
         else:
             await self.send(SpeechStart().dump())
             await self.interrupt()
+            if self.live is not None and self.live.streamed:
+                await self.live.end_utterance()  # what it heard before our echo was another turn's
             self._open_turn()
+
+    def _judged_echo(self, kind: str) -> None:
+        """The speech in progress is our own voice: ignored, and watched in case the user joins in."""
+        self._utterance = kind
+        self._early = None  # the user's utterance ended where our echo began: nothing after continues it
+        self._echo_look, self._echo_misses = time.perf_counter() + ECHO_LOOK, 0
+
+    async def _watch_echo(self) -> None:
+        """Speech judged echo must keep following our contour; if it stops, someone else
+        may be talking over it (the mix follows neither voice), and it is judged again."""
+        self._echo_look = time.perf_counter() + ECHO_LOOK
+        self._echo_misses = 0 if self.echo.is_echo() else self._echo_misses + 1
+        if self._echo_misses >= ECHO_MISSES:
+            log.info("speech no longer follows our playback: judged again")
+            # the contour has said no twice: the words decide, at once
+            await self._rejudge(self.detector.time - ECHO_MISSES * ECHO_LOOK - ECHO_WORDS_BACK)
+
+    async def _rejudge(self, onset: float, barge_now: bool = False) -> None:
+        """Judge the speech from `onset` (detector time) again; if it is the user's, their turn
+        begins a little before it, not where the detector's utterance (our echo) began."""
+        det = self.detector
+        if det.time - self._rejudged_at > ECHO_EPISODE:  # not the same talk-over judged once more
+            back = int((det.time - onset + ECHO_PREROLL) * STT_RATE)
+            self._words_from = max(self._words_from, det.utterance_samples - back)
+        self._rejudged_at = det.time
+        self._barge(onset)
+        if barge_now:
+            await self._barge_in()
+        elif self._utterance == "barge":
+            self._utterance = "checking"
+            # ours after all: watched again, for the user may still be about to talk over it
+            self._check_words(onset, relistens=ECHO_RELISTENS, ours="echo")
 
     def _said(self) -> str:
         """What we have been saying (the words an echo would repeat)."""
         return " ".join(t.reply for t in {self.active, self._early, self.last_turn} if t is not None)
 
-    async def _check_words(self, audio: np.ndarray, said: str) -> None:
+    def _check_words(self, onset: float, relistens: int, wait: float = 0.0, ours: str = "echo_words") -> None:
+        if self._echo_check is not None and self._echo_check is not asyncio.current_task():
+            self._echo_check.cancel()  # an older check: its answer no longer matters
+        self._echo_check = asyncio.create_task(self._words_check(onset, relistens, wait, ours))
+
+    async def _words_check(self, onset: float, relistens: int, wait: float, ours: str) -> None:
+        """Does the speech since `onset` repeat what we said? No words heard (Whisper's noise
+        guard drops a quiet echo, and a person's first half second) means: listen again.
+        If ours, the utterance becomes `ours` ("echo": its contour is watched again)."""
+        await asyncio.sleep(wait)
+        det = self.detector
+        audio = det.utterance_since(max(0, det.utterance_samples - int((det.time - onset) * STT_RATE)))
+        failed = False
         try:
             heard = await self.deps.stt.transcribe(audio)
         except Exception as exc:  # noqa: BLE001 - unknown: the user's, as without this check
             log.warning("echo check: STT failed (%s); taken as the user's speech", exc)
-            heard = ""
+            heard, failed = "", True
         async with self._input:
             if self._echo_check is not asyncio.current_task() or self._utterance != "checking":
                 return  # the utterance ended meanwhile, or a newer one is being checked
-            if repeats_our_words(heard, said):
-                self._utterance = "ignored"
-                log.info("speech repeats our own words (%s): echo, ignored", user_text(heard))
+            if not failed and not heard.strip() and relistens > 0:
+                self._check_words(onset, relistens - 1, ECHO_RELISTEN_AFTER, ours)
+            # (a larger share of ours to stay echo once re-judged took the talk-over lost from 3
+            # cells of 18 to 1, but a reverberant echo at gain 0.1 then interrupted us once)
+            elif not failed and (not heard.strip() or repeats_our_words(heard, self._said())):
+                self._rejudged_at = det.time  # a talk-over may go on: the next look is the same episode
+                self._judged_echo(ours)
+                log.info("speech repeats our own words (%s): echo, ignored", user_text(heard) or "no words")
             else:
                 log.info("speech over our reply is the user's (%s)", user_text(heard))
                 await self._barge_in()
@@ -406,7 +480,7 @@ class Session:
         return (self.live is not None and bool(self._words) and self.detector.silence == 0.0
                 and time.perf_counter() - self._words_at >= self.cfg.words_stopped
                 and self._heard - self._words_heard >= self.cfg.words_stopped  # and STT has listened that long
-                and self.detector.utterance_samples >= 2 * STT_RATE)
+                and self.detector.utterance_samples - self._words_from >= 2 * STT_RATE)
 
     def _wait_for(self, turn: Turn) -> float:
         """How much silence ends this turn, from what its words and their sound say."""
