@@ -367,7 +367,9 @@ class Session:
             elif self.echo_audible() and self._said():
                 # not our contour, but maybe our words (reverb smears contours): STT decides
                 self._utterance = "checking"
-                self._check_words(self._barge_onset, relistens=ECHO_RELISTENS)
+                # heard nothing: the user's (Whisper drops a person's first 0.6 s as often as a
+                # quiet echo, and listening again made barge-ins over short replies too late)
+                self._check_words(self._barge_onset, relistens=0)
             else:
                 await self._barge_in()
         elif self._utterance in ("echo", "echo_words") and speech:
@@ -447,9 +449,9 @@ class Session:
         self._echo_check = asyncio.create_task(self._words_check(onset, relistens, wait, ours))
 
     async def _words_check(self, onset: float, relistens: int, wait: float, ours: str) -> None:
-        """Does the speech since `onset` repeat what we said? No words heard (Whisper's noise
-        guard drops a quiet echo, and a person's first half second) means: listen again.
-        If ours, the utterance becomes `ours` ("echo": its contour is watched again)."""
+        """Does the speech since `onset` repeat what we said? If so, the utterance becomes `ours`
+        ("echo": its contour is watched again). Re-judging speech that was our echo, no words
+        heard (Whisper's noise guard drops a quiet echo) means: listen again, then still echo."""
         await asyncio.sleep(wait)
         det = self.detector
         audio = det.utterance_since(max(0, det.utterance_samples - int((det.time - onset) * STT_RATE)))
@@ -466,7 +468,7 @@ class Session:
                 self._check_words(onset, relistens - 1, ECHO_RELISTEN_AFTER, ours)
             # (a larger share of ours to stay echo once re-judged took the talk-over lost from 3
             # cells of 18 to 1, but a reverberant echo at gain 0.1 then interrupted us once)
-            elif not failed and (not heard.strip() or repeats_our_words(heard, self._said())):
+            elif not failed and ((not heard.strip() and ours == "echo") or repeats_our_words(heard, self._said())):
                 self._rejudged_at = det.time  # a talk-over may go on: the next look is the same episode
                 self._judged_echo(ours)
                 log.info("speech repeats our own words (%s): echo, ignored", user_text(heard) or "no words")
