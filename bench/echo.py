@@ -66,7 +66,8 @@ async def cell(ws: str, first: np.ndarray, second: np.ndarray | None, loop: tupl
 def barge_verdict(barge: dict, words: str) -> str:
     """Did the talk-over become the user's turn, with their words?"""
     turns, ref = barge["transcripts"][1:], normalise(words)
-    heard = bool(turns) and sum(w in set(normalise(turns[-1])) for w in ref) >= WORDS_OK * len(ref)
+    last = set(normalise(turns[-1])) if turns else set()
+    heard = bool(turns) and sum(w in last for w in ref) >= WORDS_OK * len(ref)
     if barge["interrupted"] and heard:
         return "yes"
     if heard:

@@ -194,6 +194,10 @@ class AudioSpeechDetector:
         """Samples in the open utterance so far (pre-roll included); 0 when there is none."""
         return self._utt_samples if self.in_speech else 0
 
+    def sample_at(self, t: float) -> int:
+        """Where detector time `t` falls in the open utterance, in samples (0 if before it)."""
+        return max(0, self.utterance_samples - int((self.time - t) * STT_RATE))
+
     def utterance_since(self, start: int) -> np.ndarray:
         """The open utterance's samples from `start` on, to stream it as it grows."""
         need, hops = self.utterance_samples - start, []

@@ -142,6 +142,6 @@ def repeats_our_words(heard: str, said: str, share: float = 0.5) -> bool:
     we just said? A person talking over us says their own words. Half is enough: Whisper
     mishears a reverberant echo ("What's going on?" came back as "let us going on.")."""
     words, ours = normalise(heard), set(normalise(said))
-    # no words at all is not a repeat: the session listens again with more audio (Whisper's noise
+    # no words at all is not a repeat: the session decides what silence means (Whisper's noise
     # guard drops a quiet echo, and also the first 0.6 s of a person barging in)
     return bool(words) and sum(w in ours for w in words) >= share * len(words)

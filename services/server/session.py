@@ -428,8 +428,7 @@ class Session:
         begins a little before it, not where the detector's utterance (our echo) began."""
         det = self.detector
         if det.time - self._rejudged_at > ECHO_EPISODE:  # not the same talk-over judged once more
-            back = int((det.time - onset + ECHO_PREROLL) * STT_RATE)
-            self._words_from = max(self._words_from, det.utterance_samples - back)
+            self._words_from = max(self._words_from, det.sample_at(onset - ECHO_PREROLL))
         self._rejudged_at = det.time
         self._barge(onset)
         if barge_now:
@@ -454,7 +453,7 @@ class Session:
         heard (Whisper's noise guard drops a quiet echo) means: listen again, then still echo."""
         await asyncio.sleep(wait)
         det = self.detector
-        audio = det.utterance_since(max(0, det.utterance_samples - int((det.time - onset) * STT_RATE)))
+        audio = det.utterance_since(det.sample_at(onset))
         failed = False
         try:
             heard = await self.deps.stt.transcribe(audio)
