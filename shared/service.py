@@ -70,7 +70,7 @@ def create_service(
         try:
             await load()
         except Exception as exc:
-            state.error = f"{type(exc).__name__}: {exc}"
+            state.error = f"failed to load ({type(exc).__name__}; see the service's log)"  # the text may name paths
             log.exception("%s failed to load", name)
             return
         state.load_seconds = time.perf_counter() - t0

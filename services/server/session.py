@@ -141,7 +141,7 @@ class Session:
         self._play_until = 0.0  # wall clock when the client will have played all it got
         # What the speech in progress is: "normal" (the user's turn) | "ignored" (talk-over with
         # interruptions off) | "barge" (over our reply: may interrupt) | "checking" (are those our
-        # words?) | "echo" (follows our contour; watched) | "echo_words" (our words, or none)
+        # words?) | "echo" (follows our contour) | "echo_words" (repeats our words); both watched
         self._utterance = "normal"
         self._echo_check: asyncio.Task[None] | None = None
         self._barge_onset = 0.0
@@ -239,8 +239,8 @@ class Session:
             return
         now = self._last_audio = time.perf_counter()
         self.echo.on_input(x, now)
-        events = await asyncio.to_thread(self.detector.push, x) if self._neural else self.detector.push(x)
-        async with self._input:
+        async with self._input:  # the timer and the words check read the detector: not while it is pushed
+            events = await asyncio.to_thread(self.detector.push, x) if self._neural else self.detector.push(x)
             await self._stream_utterance()
             for ev in events:
                 speech_end = now - (self.detector.time - getattr(ev, "t", self.detector.time))
@@ -376,7 +376,9 @@ class Session:
             if not self.echo_audible():
                 log.info("speech goes on after our playback: judged again")
                 await self._rejudge(det.time - ECHO_TAIL, barge_now=True)
-            elif self._utterance == "echo" and time.perf_counter() >= self._echo_look:
+            elif time.perf_counter() >= self._echo_look:
+                # speech the words check called ours is watched too: a user who starts talking over
+                # our echo after that check would otherwise be heard only once we stop (or never)
                 await self._watch_echo()
         p = self.current
         if p is None or not det.in_speech:
@@ -453,7 +455,8 @@ class Session:
         heard (Whisper's noise guard drops a quiet echo) means: listen again, then still echo."""
         await asyncio.sleep(wait)
         det = self.detector
-        audio = det.utterance_since(det.sample_at(onset))
+        async with self._input:  # not while a frame is being pushed
+            audio = det.utterance_since(det.sample_at(onset))
         failed = False
         try:
             heard = await self.deps.stt.transcribe(audio)
@@ -468,7 +471,8 @@ class Session:
             # (a larger share of ours to stay echo once re-judged took the talk-over lost from 3
             # cells of 18 to 1, but a reverberant echo at gain 0.1 then interrupted us once)
             elif not failed and ((not heard.strip() and ours == "echo") or repeats_our_words(heard, self._said())):
-                self._rejudged_at = det.time  # a talk-over may go on: the next look is the same episode
+                if ours == "echo":  # a re-judgement (it set where the user's words begin): a talk-over
+                    self._rejudged_at = det.time  # may go on, and the next look is the same episode
                 self._judged_echo(ours)
                 log.info("speech repeats our own words (%s): echo, ignored", user_text(heard) or "no words")
             else:

@@ -86,7 +86,8 @@ async def transcribe(
     try:
         audio = await asyncio.to_thread(_to_audio, data, upload.filename or "", upload.content_type or "", sample_rate)
     except AudioDecodeError as exc:
-        raise ServiceError(400, f"not a supported audio file: {exc}") from exc
+        log.info("upload not decoded: %s", exc)  # the decoder's text is for the log only
+        raise ServiceError(400, "not a supported audio file (WAV, FLAC, MP3, OGG, or raw PCM named .pcm/.raw)") from exc
     if audio.size < STT_RATE // 100:
         raise ServiceError(400, "audio shorter than 10 ms")
     result = await scheduler.run("batch", engine.transcribe, audio, language or None, prompt, temperature)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,8 @@ from services.tts.registry import TtsContext
 from shared.audio import STT_RATE, AudioDecodeError, decode_audio, rms_dbfs
 from shared.protocol import VoiceInfo
 from shared.service import ServiceError, require_ready
+
+log = logging.getLogger("tts")
 
 MIN_SECONDS, MAX_SECONDS = 3.0, 30.0
 FORM_OVERHEAD = 64 * 1024  # multipart boundaries and the short text fields
@@ -117,7 +120,8 @@ def check_reference(data: bytes) -> np.ndarray:
     try:
         audio = decode_audio(data, STT_RATE)
     except AudioDecodeError as exc:
-        raise ServiceError(400, f"file is not audio we can decode: {exc}") from exc
+        log.info("reference recording not decoded: %s", exc)  # the decoder's text is for the log only
+        raise ServiceError(400, "file is not audio we can decode") from exc
     seconds = len(audio) / STT_RATE
     if not MIN_SECONDS <= seconds <= MAX_SECONDS:
         raise ServiceError(400, f"reference recording is {seconds:.1f} s: it must be {MIN_SECONDS:.0f}-{MAX_SECONDS:.0f} s")

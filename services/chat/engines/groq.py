@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 from services.chat.engines.base import ChatEngine, ChatMessage, GenerationOptions
 from shared.config import ChatSettings, GroqSettings
 from shared.service import MissingDependency, ServiceError
+
+log = logging.getLogger("chat")
 
 
 class GroqEngine(ChatEngine):
@@ -49,6 +52,8 @@ class GroqEngine(ChatEngine):
                 if text:
                     yield text
         except groq.APIStatusError as exc:
-            raise ServiceError(502, f"Groq answered {exc.status_code}: {exc.message}", retryable=exc.status_code >= 500) from exc
+            log.warning("Groq answered %d: %s", exc.status_code, exc.message)  # its text is for the log only
+            raise ServiceError(502, f"Groq answered {exc.status_code}", retryable=exc.status_code >= 500) from exc
         except groq.APIConnectionError as exc:
-            raise ServiceError(503, f"Groq unreachable: {exc}", retryable=True) from exc
+            log.warning("Groq unreachable: %s", exc)
+            raise ServiceError(503, "Groq unreachable", retryable=True) from exc

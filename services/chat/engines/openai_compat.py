@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
 import httpx
@@ -10,6 +11,8 @@ from services.chat.engines.base import ChatEngine, ChatMessage, GenerationOption
 from shared.config import ChatSettings
 from shared.service import ServiceError
 from shared.sse import iter_sse_deltas
+
+log = logging.getLogger("chat")
 
 
 class OpenAICompatEngine(ChatEngine):
@@ -45,6 +48,7 @@ class OpenAICompatEngine(ChatEngine):
         async with self.client.stream("POST", "/chat/completions", json=body) as r:
             if r.status_code != 200:
                 detail = (await r.aread()).decode(errors="replace")[:300]
-                raise ServiceError(502, f"upstream chat server answered {r.status_code}: {detail}", retryable=r.status_code >= 500)
+                log.warning("upstream chat server answered %d: %s", r.status_code, detail)  # the body is for the log only
+                raise ServiceError(502, f"upstream chat server answered {r.status_code}", retryable=r.status_code >= 500)
             async for delta in iter_sse_deltas(r.aiter_lines()):
                 yield delta

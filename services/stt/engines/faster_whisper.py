@@ -24,6 +24,7 @@ import numpy as np
 from services.stt.engines.base import Segment, SttEngine, Transcript
 from shared.audio import STT_RATE
 from shared.config import SttSettings
+from shared.service import ServiceError
 
 WINDOW_PAD = 5.0  # seconds of silence after the speech inside the encoder window
 MAX_FAST = 27.0  # longer audio goes through faster-whisper's own 30 s windowing
@@ -72,7 +73,14 @@ class FasterWhisperEngine(SttEngine):
 
     def tokenizer(self, language: str | None):  # type: ignore[no-untyped-def]
         lang = (language or self.cfg.language).split("-")[0].lower()  # en-US -> en: Whisper knows base codes
+        multilingual = self.model is not None and self.model.model.is_multilingual
+        lang = lang if multilingual else "en"  # an English-only model has one tokenizer, whatever is asked
         if lang not in self._tokenizers:
+            from faster_whisper.tokenizer import _LANGUAGE_CODES
+
+            if lang not in _LANGUAGE_CODES:
+                # a client's code: refused, never a new cache entry (this cache holds Whisper's ~100 at most)
+                raise ServiceError(400, f"language {lang!r} is not one Whisper knows")
             self._tokenizers[lang] = self._make_tokenizer(lang)
         return self._tokenizers[lang]
 
@@ -80,9 +88,9 @@ class FasterWhisperEngine(SttEngine):
         assert self.model is not None, "load() first"
         duration = len(audio) / STT_RATE
         lang = (language or self.cfg.language).split("-")[0].lower()
+        tok = self.tokenizer(lang)  # also refuses a language the model does not know (400)
         if duration > MAX_FAST:
             return self._long(audio, lang, prompt, temperature)
-        tok = self.tokenizer(lang)
         context = tok.encode(" " + prompt.strip()) if prompt and prompt.strip() else []
         d = self.decode_window(audio, lang, context, [], temperature=temperature)
         if d.rejected:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import re
 import uuid
 from collections.abc import AsyncIterator
@@ -16,6 +17,8 @@ from shared.audio import OUT_RATE
 from shared.config import TtsSettings
 from shared.protocol import VOICE_ID_PATTERN, VoiceInfo
 from shared.service import ServiceError
+
+log = logging.getLogger("tts")
 
 API_VERSION = "2024-06-10"
 
@@ -56,7 +59,8 @@ class CartesiaEngine(TtsEngine):
                     if msg.get("type") == "chunk":
                         yield np.frombuffer(base64.b64decode(msg["data"]), "<f4").astype(np.float32)
                     elif msg.get("type") == "error":
-                        raise ServiceError(502, f"Cartesia: {msg.get('error')}", retryable=True)
+                        log.warning("Cartesia reported an error: %s", msg.get("error"))  # its text is for the log only
+                        raise ServiceError(502, "Cartesia reported an error", retryable=True)
                     if msg.get("done"):
                         return
         except (OSError, websockets.WebSocketException) as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import re
 from collections.abc import AsyncIterator
 
@@ -15,6 +16,8 @@ from shared.audio import OUT_RATE, pcm16_to_float
 from shared.config import TtsSettings
 from shared.protocol import VOICE_ID_PATTERN, VoiceInfo
 from shared.service import ServiceError
+
+log = logging.getLogger("tts")
 
 MODEL = "eleven_flash_v2_5"
 
@@ -49,7 +52,8 @@ class ElevenLabsEngine(TtsEngine):
                 async for raw in ws:
                     msg = json.loads(raw)
                     if msg.get("error") or msg.get("message") and not msg.get("audio"):
-                        raise ServiceError(502, f"ElevenLabs: {msg.get('error') or msg.get('message')}", retryable=True)
+                        log.warning("ElevenLabs reported an error: %s", msg.get("error") or msg.get("message"))
+                        raise ServiceError(502, "ElevenLabs reported an error", retryable=True)
                     if msg.get("audio"):
                         yield pcm16_to_float(base64.b64decode(msg["audio"]))
                     if msg.get("isFinal"):
