@@ -14,7 +14,7 @@ import pytest
 from shared.session_client import stream_pcm
 from tests.conftest import ROOT, system_env, wait_ready
 
-BASE = 39000
+BASE = 29000
 
 
 @pytest.fixture(scope="module")

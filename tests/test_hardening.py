@@ -27,7 +27,7 @@ from shared.session_client import stream_pcm
 from tests.conftest import OUTPUT, SPOKEN, rss_mb, service_pid, start_system, stop_system, system_env, wait_ready
 
 pytestmark = pytest.mark.e2e
-BASE = 39200
+BASE = 29200
 KEY = "hardening-key-0123456789"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 NAMES = ("server", "stt", "chat", "tts")

@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import ROOT, service_pid, system_env, wait_ready
 
-BASE = 38000
+BASE = 28000
 
 
 def launch(*args: str, **env: str) -> subprocess.Popen:

@@ -19,7 +19,7 @@ from shared.session_client import stream_pcm
 from tests.conftest import OUTPUT, ROOT, SPOKEN, system_env, wait_ready
 
 pytestmark = pytest.mark.e2e
-BASE = 39300
+BASE = 29300
 PORTS = {"server": BASE, "stt": BASE + 1, "chat": BASE + 2, "tts": BASE + 3, "stt2": BASE + 4, "tts2": BASE + 5}
 
 

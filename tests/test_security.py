@@ -84,7 +84,7 @@ def _stop(proc: subprocess.Popen) -> None:
     proc.wait(60)
 
 
-BASE = 39100
+BASE = 29100
 
 
 @pytest.fixture(scope="module")
