@@ -31,10 +31,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from shared.audio import rms_dbfs  # noqa: E402
 from shared.session_client import stream_pcm  # noqa: E402
 from shared.wer import normalise  # noqa: E402
-from tests.conftest import load_corpus, start_system, stop_system, system_env  # noqa: E402
+from tests.conftest import at_level, load_corpus, start_system, stop_system, system_env  # noqa: E402
 
 DELAYS = (0.0, 0.04, 0.15, 0.3, 0.45, 0.5)
 GAINS = (0.1, 0.3, 0.6, 0.8, 1.0)
@@ -43,11 +42,6 @@ NOISE_DBFS = -55.0
 # long replies: more of our own voice to hear back, and room for the second clip inside them
 LONG_REPLIES = {"agentId": "assistant", "userId": "bench", "agentName": "Bench",
                 "systemPrompt": "A chatty voice assistant who always answers in four or five long spoken sentences."}
-
-
-def at_level(pcm: np.ndarray, dbfs: float) -> np.ndarray:
-    x = pcm.astype(np.float32) / 32768
-    return (x * 10 ** ((dbfs - rms_dbfs(x)) / 20) * 32767).clip(-32768, 32767).astype(np.int16)
 
 
 BARGE_AFTER = 1.0  # s after the reply's first audio that the second clip starts

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from shared.audio import rms_dbfs
 from tests.chat_tap import ChatTap
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -167,6 +168,13 @@ def trimmed(pcm: np.ndarray, drop_db: float = 35.0) -> np.ndarray:
     e = 10 * np.log10(np.array([np.mean(x[i : i + hop] ** 2) for i in range(0, len(x) - hop, hop)]) + 1e-12)
     voiced = np.nonzero(e > e.max() - drop_db)[0]
     return pcm[voiced[0] * hop : (voiced[-1] + 1) * hop]
+
+
+def at_level(pcm: np.ndarray, dbfs: float) -> np.ndarray:
+    """The clip scaled to `dbfs` RMS: one speaker's utterances at one speaking level, whatever
+    level each corpus recording happens to have (they differ by up to ~10 dB)."""
+    x = pcm.astype(np.float32) / 32768
+    return (x * 10 ** ((dbfs - rms_dbfs(x)) / 20) * 32767).clip(-32768, 32767).astype(np.int16)
 
 
 def babble(corpus: list[Clip], exclude_speaker: str, seconds: float, rms: float) -> np.ndarray:

@@ -261,6 +261,7 @@ async def test_idle_and_duration_limits(guarded):
     msgs, _ = await _until_closed(ws)
     assert 3.5 < time.monotonic() - t0 < 8
     assert ws.close_code == 1000
+    assert [m["code"] for m in msgs if m["type"] == "error"] == ["session_expired"], msgs  # told why, before the close
 
 
 def test_request_bodies_are_checked_before_they_are_read(guarded):

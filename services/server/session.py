@@ -104,6 +104,7 @@ ECHO_MISSES = 2  # looks in a row that do not follow it: judged again (one miss 
 ECHO_TAIL = 1.0  # s after our playback ends that an echo (delay + a room's reverb) may still be heard
 ECHO_RELISTENS = 3  # an echo check that heard no words listens again, with more audio, this often
 ECHO_RELISTEN_AFTER = 0.4  # s between those looks
+ECHO_OVERTURN = 2  # checks in a row that must hear words not ours before speech judged echo is the user's
 ECHO_PREROLL = 0.5  # s of audio before a re-judged onset that the user's turn keeps (their first word)
 ECHO_WORDS_BACK = 0.2  # s before the contour's first miss that the words check also hears
 ECHO_EPISODE = 1.5  # s: re-judged again within this, the user's words still begin where they did
@@ -438,21 +439,23 @@ class Session:
         elif self._utterance == "barge":
             self._utterance = "checking"
             # ours after all: watched again, for the user may still be about to talk over it
-            self._check_words(onset, relistens=ECHO_RELISTENS, ours="echo")
+            self._check_words(onset, relistens=ECHO_RELISTENS, ours="echo", overturn=ECHO_OVERTURN)
 
     def _said(self) -> str:
         """What we have been saying (the words an echo would repeat)."""
         return " ".join(t.reply for t in {self.active, self._early, self.last_turn} if t is not None)
 
-    def _check_words(self, onset: float, relistens: int, wait: float = 0.0, ours: str = "echo_words") -> None:
+    def _check_words(self, onset: float, relistens: int, wait: float = 0.0, ours: str = "echo_words", overturn: int = 1) -> None:
         if self._echo_check is not None and self._echo_check is not asyncio.current_task():
             self._echo_check.cancel()  # an older check: its answer no longer matters
-        self._echo_check = asyncio.create_task(self._words_check(onset, relistens, wait, ours))
+        self._echo_check = asyncio.create_task(self._words_check(onset, relistens, wait, ours, overturn))
 
-    async def _words_check(self, onset: float, relistens: int, wait: float, ours: str) -> None:
+    async def _words_check(self, onset: float, relistens: int, wait: float, ours: str, overturn: int) -> None:
         """Does the speech since `onset` repeat what we said? If so, the utterance becomes `ours`
         ("echo": its contour is watched again). Re-judging speech that was our echo, no words
-        heard (Whisper's noise guard drops a quiet echo) means: listen again, then still echo."""
+        heard (Whisper's noise guard drops a quiet echo) means: listen again, then still echo;
+        and words not ours must be heard `overturn` times, each with 0.4 s more audio: Whisper
+        mishears a short stretch of our echo as other words ("n", "So what?", "I want to know.")."""
         await asyncio.sleep(wait)
         det = self.detector
         async with self._input:  # not while a frame is being pushed
@@ -467,7 +470,7 @@ class Session:
             if self._echo_check is not asyncio.current_task() or self._utterance != "checking":
                 return  # the utterance ended meanwhile, or a newer one is being checked
             if not failed and not heard.strip() and relistens > 0:
-                self._check_words(onset, relistens - 1, ECHO_RELISTEN_AFTER, ours)
+                self._check_words(onset, relistens - 1, ECHO_RELISTEN_AFTER, ours, overturn)
             # (a larger share of ours to stay echo once re-judged took the talk-over lost from 3
             # cells of 18 to 1, but a reverberant echo at gain 0.1 then interrupted us once)
             elif not failed and ((not heard.strip() and ours == "echo") or repeats_our_words(heard, self._said())):
@@ -475,6 +478,9 @@ class Session:
                     self._rejudged_at = det.time  # may go on, and the next look is the same episode
                 self._judged_echo(ours)
                 log.info("speech repeats our own words (%s): echo, ignored", user_text(heard) or "no words")
+            elif not failed and overturn > 1:
+                log.info("speech over our reply may be the user's (%s): listening again", user_text(heard))
+                self._check_words(onset, relistens, ECHO_RELISTEN_AFTER, ours, overturn - 1)
             else:
                 log.info("speech over our reply is the user's (%s)", user_text(heard))
                 await self._barge_in()
