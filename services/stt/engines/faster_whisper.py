@@ -55,7 +55,7 @@ class FasterWhisperEngine(SttEngine):
 
     def load(self) -> None:
         from faster_whisper import WhisperModel
-        from faster_whisper.tokenizer import Tokenizer
+        from faster_whisper.tokenizer import _LANGUAGE_CODES, Tokenizer
 
         self.model = WhisperModel(
             self.cfg.model or bundled_model_path(),
@@ -64,21 +64,17 @@ class FasterWhisperEngine(SttEngine):
             cpu_threads=self.cfg.cpu_threads,
             local_files_only=True,
         )
-        multilingual = self.model.model.is_multilingual
+        self._multilingual: bool = self.model.model.is_multilingual
+        self._languages = frozenset(_LANGUAGE_CODES)
         self._tokenizers: dict[str, Any] = {}
-        self._make_tokenizer = lambda lang: Tokenizer(
-            self.model.hf_tokenizer, multilingual, task="transcribe", language=lang if multilingual else "en"
-        )
+        self._make_tokenizer = lambda lang: Tokenizer(self.model.hf_tokenizer, self._multilingual, task="transcribe", language=lang)
         self.transcribe(np.zeros(STT_RATE, np.float32))  # warm-up: first call allocates
 
     def tokenizer(self, language: str | None):  # type: ignore[no-untyped-def]
         lang = (language or self.cfg.language).split("-")[0].lower()  # en-US -> en: Whisper knows base codes
-        multilingual = self.model is not None and self.model.model.is_multilingual
-        lang = lang if multilingual else "en"  # an English-only model has one tokenizer, whatever is asked
+        lang = lang if self._multilingual else "en"  # an English-only model has one tokenizer, whatever is asked
         if lang not in self._tokenizers:
-            from faster_whisper.tokenizer import _LANGUAGE_CODES
-
-            if lang not in _LANGUAGE_CODES:
+            if lang not in self._languages:
                 # a client's code: refused, never a new cache entry (this cache holds Whisper's ~100 at most)
                 raise ServiceError(400, f"language {lang!r} is not one Whisper knows")
             self._tokenizers[lang] = self._make_tokenizer(lang)
