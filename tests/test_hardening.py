@@ -162,15 +162,16 @@ def test_audio_fuzzing_gets_4xx_never_500(secure, corpus):
 # --------------------------------------------------------------------------- faults
 
 
-async def _kill_mid_turn(secure, clip, service: str, when: str) -> tuple[float, list[str]]:
+async def _kill_mid_turn(secure, clip, service: str, when: str, attempt: int) -> tuple[float | None, list[str], bool]:
     """A turn (spoken for STT, typed for chat and TTS); kill `service` when the first `when`
-    message arrives. Seconds from the kill to the `<service>_failed` error, and the error codes seen."""
+    message arrives. Seconds from the kill to the `<service>_failed` error, the error codes seen,
+    and whether the turn ended (`tts_stream_end`) after the kill without that error."""
     port = int(secure.urls[service].rsplit(":", 1)[1])
     killed_at: list[float] = []
     err_at: list[float] = []
     codes: list[str] = []
     answered: list[dict] = []
-    url = secure.ws + f"kill-{service}"
+    url = secure.ws + f"kill-{service}-{attempt}"
     async with websockets.connect(url, additional_headers=AUTH, max_size=2**24) as ws:
         await ws.send(json.dumps({"agentId": "assistant", "userId": "t", "agentName": "T"}))
 
@@ -189,8 +190,10 @@ async def _kill_mid_turn(secure, clip, service: str, when: str) -> tuple[float, 
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline and not err_at and not answered:
                 msg = json.loads(await asyncio.wait_for(ws.recv(), 30))
-                if msg.get("type") == "tts_stream_end" and killed_at and service == "stt":
-                    answered.append(msg)  # the retries outlasted the restart: nothing was lost
+                if msg.get("type") == "tts_stream_end" and killed_at:
+                    # STT: the retries outlasted the restart, nothing was lost; chat or TTS: the
+                    # sampled reply was done before the kill ("Okay."), so there was nothing to fail
+                    answered.append(msg)
                 if msg.get("type") == when and not killed_at:
                     os.kill(service_pid(service, port), signal.SIGKILL)
                     killed_at.append(time.monotonic())
@@ -201,12 +204,17 @@ async def _kill_mid_turn(secure, clip, service: str, when: str) -> tuple[float, 
         finally:
             feeder.cancel()
     assert killed_at, (service, codes)
-    return (err_at[0] - killed_at[0] if err_at else None), codes
+    return (err_at[0] - killed_at[0] if err_at else None), codes, bool(answered) and not err_at
 
 
 @pytest.mark.parametrize(("service", "when"), [("stt", "speech_start"), ("chat", "response_text"), ("tts", "tts_stream")])
 async def test_a_service_killed_mid_turn_gives_an_error_then_the_next_turn_works(secure, corpus, service, when):
-    took, codes = await _kill_mid_turn(secure, corpus[1], service, when)
+    for attempt in range(3):
+        took, codes, outran = await _kill_mid_turn(secure, corpus[1], service, when, attempt)
+        if service == "stt" or not outran:
+            break
+        # a clean-clone run got a reply synthesized whole before the kill: nothing left to fail; ask again
+        await asyncio.to_thread(wait_ready, secure.urls[service], 120)
     print(f"\n{service} killed at the first {when}: " + (f"{service}_failed after {took * 1000:.0f} ms" if took is not None
                                                         else "the turn was answered after the restart (retries)"))
     if service == "stt":
