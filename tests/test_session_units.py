@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from starlette.websockets import WebSocketDisconnect
 
 from services.server import session as session_mod
 from services.server.admission import Admission, Full
@@ -47,6 +48,25 @@ async def test_a_client_that_stops_reading_is_closed(monkeypatch):
     await asyncio.sleep(0.1)
     assert ws.closed_with == 1008 and s._closed
     await s.send('{"type":"y"}')  # later sends are dropped at once
+
+
+class GoneSocket(StuckSocket):
+    """A WebSocket whose client has left: every send raises, as starlette's does."""
+
+    async def send_text(self, _: str) -> None:
+        raise WebSocketDisconnect(1001)
+
+    async def send_bytes(self, _: bytes) -> None:
+        raise RuntimeError('Cannot call "send" once a close message has been sent.')
+
+
+async def test_a_send_to_a_client_that_left_ends_quietly():
+    s = make_session(GoneSocket())
+    await s.start()
+    await s.send('{"type":"x"}')  # a turn still speaking must not crash on its next chunk
+    assert s._closed
+    await s.send(b"\x00\x00")  # later sends are dropped at once
+    await s.close()
 
 
 def test_admission_counts_per_key_and_releases():

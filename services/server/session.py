@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import numpy as np
-from starlette.websockets import WebSocket
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from services.server.agents import Agent
 from services.server.echo import EchoGuard, repeats_our_words
@@ -194,6 +194,11 @@ class Session:
                 SESSION_ERRORS.labels(code="slow_client").inc()
                 self._closed = True
                 asyncio.create_task(self._abort())
+            except (WebSocketDisconnect, RuntimeError, OSError) as exc:
+                # The client left (or the socket closed under us): nothing more can reach it,
+                # and a turn still speaking must end quietly, not crash on its next chunk.
+                log.info("client gone while sending (%s): nothing more is sent", type(exc).__name__)
+                self._closed = True
 
     async def _abort(self) -> None:
         await self.close()
