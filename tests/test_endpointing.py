@@ -25,7 +25,11 @@ def test_reads_complete():
     [
         ("I would like a coffee.", 0.8, 0.95, "sure"),  # everything agrees: answer at once
         ("I would like a coffee and", 0.05, 0.1, "unfinished"),  # everything agrees: wait long
-        ("I would like a coffee.", 0.8, 0.2, "unsure"),  # the voice trails on
+        ("I would like a coffee.", 0.3, 0.2, "unsure"),  # the voice trails on, the words are not clear enough
+        ("I would like a coffee.", 0.8, 0.2, "finished"),  # clearly finished words: the unsure sound does not hold them
+        ("I would like a coffee and", 0.02, 0.95, "unfinished"),  # an end is very unlikely: the sound alone cannot end it
+        ("There was one chance.", 0.02, 0.95, "finished"),  # ...unless words and sound are both sure
+        ("There was one chance.", 0.02, 0.6, "unfinished"),
         ("I would like a coffee.", 0.05, 0.95, "finished"),  # the model doubts, the sound is clear
         ("In 1813.", 0.05, 0.7, "unsure"),
         ("I would like a coffee and", 0.05, 0.95, "unsure"),

@@ -9,7 +9,9 @@ Three cues, each read at a pause while the answer is already being computed:
 
 `judge` turns them into how long a silence ends the turn: "sure" (words and sound
 agree it is finished: answer at once), "finished" (the words say so), "unsure", or
-"unfinished" (words and sound agree it is not: wait up to SERVER_UNFINISHED_MAX_SILENCE).
+"unfinished" (words and sound agree it is not, or the language model finds an end
+very unlikely: wait up to SERVER_UNFINISHED_MAX_SILENCE). `bench/endpointing.py`
+measures each cue and each combination at real ends and at inner pauses.
 """
 
 from __future__ import annotations
@@ -49,6 +51,15 @@ def judge(turn: Turn, cfg: ServerSettings) -> Verdict:
     sound_done = sound >= cfg.audio_end_threshold
     if cfg.end_of_turn_policy == "audio":
         return "finished" if sound_done else "unfinished"
+    # The language model separates ends from pauses better than Smart Turn does on the
+    # speech we measured (bench/endpointing.py: AUC 0.92 against 0.73), so its clear
+    # readings are not overruled by an unsure sound: clearly finished words end the turn
+    # quickly, a sentence that almost surely goes on waits long unless the sound is sure.
+    p = turn.end_of_turn
+    if words and p is not None and p >= cfg.end_of_turn_clear:
+        return "sure" if sound_done else "finished"
+    if p is not None and p < cfg.end_of_turn_unlikely and not (words and sound >= cfg.audio_sure_threshold):
+        return "unfinished"
     if text_done and sound_done:
         return "sure"
     if not text_done and not sound_done:

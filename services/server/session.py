@@ -20,7 +20,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from services.server.agents import Agent
 from services.server.echo import EchoGuard, repeats_our_words
-from services.server.endpointing import judge
+from services.server.endpointing import Verdict, judge, reads_complete
 from services.server.history import History
 from services.server.live_stt import LiveTranscriber
 from services.server.turn import Payload, Turn, TurnDeps, TurnState
@@ -109,6 +109,14 @@ ECHO_PREROLL = 0.5  # s of audio before a re-judged onset that the user's turn k
 ECHO_WORDS_BACK = 0.2  # s before the contour's first miss that the words check also hears
 ECHO_EPISODE = 1.5  # s: re-judged again within this, the user's words still begin where they did
 STALL_SLACK = 0.1  # audio frames arrive every ~20 ms; a gap longer than this counts as silence
+
+
+def _p(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def _done(finished: object) -> str:
+    return "finished" if finished else "unfinished"
 
 
 class Session:
@@ -400,6 +408,9 @@ class Session:
         if p.by_words:  # the room is not silent: time since the last new word stands in for silence
             silence = time.perf_counter() - self._words_at - self.cfg.words_stopped
         if p.state == TurnState.SPECULATING and (stalled or silence >= self._wait_for(p)):
+            log.info("turn %d: end of turn after %.0f ms of silence (%s: words %s, language model %s, sound %s)",
+                     p.id, silence * 1000, "stalled" if stalled else self._verdict(p), _done(p.transcript and reads_complete(p.transcript)),
+                     _p(p.end_of_turn), _p(p.sounds_finished))
             self._early = p  # promoted before the detector closed the utterance
             await self._promote(p)
 
@@ -498,11 +509,13 @@ class Session:
                 and self._heard - self._words_heard >= self.cfg.words_stopped  # and STT has listened that long
                 and self.detector.utterance_samples - self._words_from >= 2 * STT_RATE)
 
+    def _verdict(self, turn: Turn) -> Verdict:
+        return judge(turn, self.cfg) if turn.judged.is_set() and turn.heard.is_set() else "unsure"
+
     def _wait_for(self, turn: Turn) -> float:
         """How much silence ends this turn, from what its words and their sound say."""
-        verdict = judge(turn, self.cfg) if turn.judged.is_set() and turn.heard.is_set() else "unsure"
         return {"sure": self.cfg.sure_silence, "finished": self.cfg.confirm_silence,
-                "unsure": self.turn_cap, "unfinished": max(self.turn_cap, self.cfg.unfinished_max_silence)}[verdict]
+                "unsure": self.turn_cap, "unfinished": max(self.turn_cap, self.cfg.unfinished_max_silence)}[self._verdict(turn)]
 
     async def on_text(self, msg: object) -> None:
         if isinstance(msg, TranscriptIn):
