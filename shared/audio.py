@@ -72,6 +72,16 @@ def rms_dbfs(x: np.ndarray) -> float:
     return float(10.0 * np.log10(np.mean(np.square(x, dtype=np.float64)) + _EPS))
 
 
+def active_level(x: np.ndarray, hop: int = 160) -> float:
+    """Speaking level in dBFS: the 90th percentile of 10 ms hop levels, so the pauses and
+    silence around the speech do not lower it (a rough stand-in for ITU-T P.56)."""
+    n = len(x) // hop
+    if n == 0:
+        return -100.0
+    power = np.mean(np.square(x[: n * hop].reshape(n, hop), dtype=np.float64), axis=1)
+    return float(10.0 * np.log10(np.percentile(power, 90) + _EPS))
+
+
 def to_mono(x: np.ndarray) -> np.ndarray:
     return x.mean(axis=1).astype(np.float32) if x.ndim == 2 else x.astype(np.float32)
 

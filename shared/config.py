@@ -58,6 +58,7 @@ class ChatSettings(BaseSettings):
     engine: Literal["llama_cpp", "openai", "vllm", "groq"] = "llama_cpp"
     model_path: str = Field("", description="GGUF path; empty = bundled Gemma 3 270M")
     n_threads: int = Field(2, ge=1)
+    adaptive_threads: bool = Field(True, description="llama_cpp: each decode uses only the cores other processes leave free (at least 1)")
     n_ctx: int = Field(2048, ge=256)
     parallel: int = Field(4, ge=1, le=16, description="llama_cpp: sequences decoded together (slots); each gets n_ctx")
     nice: int = Field(5, ge=0, le=19, description="lower CPU priority of the chat process (0: unchanged)")

@@ -6,6 +6,7 @@ import pytest
 from shared.audio import (
     AudioDecodeError,
     StreamResampler,
+    active_level,
     decode_audio,
     f32le_to_float,
     float_to_f32le,
@@ -74,6 +75,14 @@ def test_rms_dbfs_levels():
     assert rms_dbfs(np.zeros(160, np.float32)) < -90
     assert rms_dbfs(np.ones(160, np.float32)) == pytest.approx(0, abs=0.01)
     assert rms_dbfs(tone(100, 16000, 1, amp=1.0)) == pytest.approx(-3.01, abs=0.05)
+
+
+def test_active_level_ignores_the_silence_around_speech():
+    speech = tone(200, 16000, 0.5, amp=0.1)  # -23 dBFS
+    padded = np.concatenate([np.zeros(16000, np.float32), speech, np.zeros(8000, np.float32)])
+    assert rms_dbfs(padded) < -28  # the plain RMS falls with the silence around it
+    assert active_level(padded) == pytest.approx(rms_dbfs(speech), abs=0.5)
+    assert active_level(np.zeros(100, np.float32)) == -100.0  # shorter than a hop
 
 
 def test_decode_wav_any_rate_to_16k_mono():

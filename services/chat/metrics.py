@@ -14,6 +14,7 @@ PROMPT_TOKENS = Counter(
     "s2s_chat_prompt_tokens_total", "Prompt tokens: 'cached' reused from a slot's KV cache, 'decoded' prefilled", ["kind"]
 )
 ACTIVE_SEQUENCES = Gauge("s2s_chat_active_sequences", "Requests holding a slot (prefilling or generating)")
+DECODE_THREADS = Gauge("s2s_chat_decode_threads", "Threads of the last llama.cpp decode (fewer while other work holds the cores)")
 QUEUE_DEPTH = Gauge("s2s_chat_queue_depth", "Requests waiting for a free slot")
 STEP_SECONDS = Histogram(
     "s2s_chat_step_seconds", "One llama_decode of a batch: 'prefill' if it holds prompt tokens, else 'decode'",

@@ -24,7 +24,7 @@ from services.server.endpointing import Verdict, judge, reads_complete
 from services.server.history import History
 from services.server.live_stt import LiveTranscriber
 from services.server.turn import Payload, Turn, TurnDeps, TurnState
-from shared.audio import OUT_RATE, STT_RATE, pcm16_to_float
+from shared.audio import OUT_RATE, STT_RATE, active_level, pcm16_to_float
 from shared.clients import ChatClient, SttClient
 from shared.config import ServerSettings
 from shared.logs import TURN_LOG, user_text
@@ -108,6 +108,9 @@ ECHO_OVERTURN = 2  # checks in a row that must hear words not ours before speech
 ECHO_PREROLL = 0.5  # s of audio before a re-judged onset that the user's turn keeps (their first word)
 ECHO_WORDS_BACK = 0.2  # s before the contour's first miss that the words check also hears
 ECHO_EPISODE = 1.5  # s: re-judged again within this, the user's words still begin where they did
+# Speech over our reply this far under the user's own speaking level, in which Whisper hears no
+# words, is our quiet echo (a person talking over us is not 12 dB quieter than they talked before)
+ECHO_QUIET_DB = 12.0
 STALL_SLACK = 0.1  # audio frames arrive every ~20 ms; a gap longer than this counts as silence
 
 
@@ -157,6 +160,7 @@ class Session:
         self._echo_look, self._echo_misses = 0.0, 0  # when the echo is next looked at; looks that missed
         self._words_from = 0  # samples into the detector's utterance where the user's words begin
         self._rejudged_at = -ECHO_EPISODE  # detector time of the last re-judgement
+        self._voice_db: float | None = None  # the user's speaking level (dBFS), from their last utterance
         self._closed = False
         self._early: Turn | None = None
         self._last_audio = time.perf_counter()  # wall clock of the last audio frame
@@ -295,6 +299,8 @@ class Session:
                 self._utterance, self._early = "normal", None
                 await self._end_utterance()
         elif isinstance(ev, SpeechPaused):
+            if not self.echo_audible():  # the user's own voice, with none of ours in the mix
+                self._voice_db = active_level(ev.audio[self._words_from :])
             self._speculate(ev.audio[self._words_from :], speech_end)
         elif isinstance(ev, SpeechResumed):
             # the user goes on: drop the speculative answer; the turn listens on, keeping its id
@@ -313,6 +319,7 @@ class Session:
             elif turn is not None:
                 if turn.state == TurnState.LISTENING:  # ended with no pause seen (the 30 s limit)
                     self._speculate(ev.audio[self._words_from :], speech_end, live=False)
+                self._log_end(turn, f"the utterance ended ({ev.reason})")
                 await self._promote(turn)
             await self._end_utterance()
 
@@ -382,7 +389,8 @@ class Session:
                 # not our contour, but maybe our words (reverb smears contours): STT decides
                 self._utterance = "checking"
                 # heard nothing: the user's (Whisper drops a person's first 0.6 s as often as a
-                # quiet echo, and listening again made barge-ins over short replies too late)
+                # quiet echo, and listening again made barge-ins over short replies too late),
+                # unless it is far quieter than the user speaks (then our echo, still watched)
                 self._check_words(self._barge_onset, relistens=0)
             else:
                 await self._barge_in()
@@ -408,9 +416,7 @@ class Session:
         if p.by_words:  # the room is not silent: time since the last new word stands in for silence
             silence = time.perf_counter() - self._words_at - self.cfg.words_stopped
         if p.state == TurnState.SPECULATING and (stalled or silence >= self._wait_for(p)):
-            log.info("turn %d: end of turn after %.0f ms of silence (%s: words %s, language model %s, sound %s)",
-                     p.id, silence * 1000, "stalled" if stalled else self._verdict(p), _done(p.transcript and reads_complete(p.transcript)),
-                     _p(p.end_of_turn), _p(p.sounds_finished))
+            self._log_end(p, "stalled" if stalled else f"{silence * 1000:.0f} ms of silence")
             self._early = p  # promoted before the detector closed the utterance
             await self._promote(p)
 
@@ -457,6 +463,16 @@ class Session:
             # ours after all: watched again, for the user may still be about to talk over it
             self._check_words(onset, relistens=ECHO_RELISTENS, ours="echo", overturn=ECHO_OVERTURN)
 
+    def _quiet(self, audio: np.ndarray) -> bool:
+        """Far under the user's own speaking level: our echo, more likely than the user."""
+        if self._voice_db is None:
+            return False
+        level = active_level(audio)
+        if level < self._voice_db - ECHO_QUIET_DB:
+            log.info("speech over our reply is %.0f dB under the user's voice", self._voice_db - level)
+            return True
+        return False
+
     def _said(self) -> str:
         """What we have been saying (the words an echo would repeat)."""
         return " ".join(t.reply for t in {self.active, self._early, self.last_turn} if t is not None)
@@ -489,7 +505,7 @@ class Session:
                 self._check_words(onset, relistens - 1, ECHO_RELISTEN_AFTER, ours, overturn)
             # (a larger share of ours to stay echo once re-judged took the talk-over lost from 3
             # cells of 18 to 1, but a reverberant echo at gain 0.1 then interrupted us once)
-            elif not failed and ((not heard.strip() and ours == "echo") or repeats_our_words(heard, self._said())):
+            elif not failed and ((not heard.strip() and (ours == "echo" or self._quiet(audio))) or repeats_our_words(heard, self._said())):
                 if ours == "echo":  # a re-judgement (it set where the user's words begin): a talk-over
                     self._rejudged_at = det.time  # may go on, and the next look is the same episode
                 self._judged_echo(ours)
@@ -508,6 +524,10 @@ class Session:
                 and time.perf_counter() - self._words_at >= self.cfg.words_stopped
                 and self._heard - self._words_heard >= self.cfg.words_stopped  # and STT has listened that long
                 and self.detector.utterance_samples - self._words_from >= 2 * STT_RATE)
+
+    def _log_end(self, turn: Turn, why: str) -> None:
+        log.info("turn %d: end of turn after %s (%s: words %s, language model %s, sound %s)", turn.id, why, self._verdict(turn),
+                 _done(turn.transcript and reads_complete(turn.transcript)), _p(turn.end_of_turn), _p(turn.sounds_finished))
 
     def _verdict(self, turn: Turn) -> Verdict:
         return judge(turn, self.cfg) if turn.judged.is_set() and turn.heard.is_set() else "unsure"

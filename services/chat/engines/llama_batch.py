@@ -28,6 +28,7 @@ import numpy as np
 from services.chat import metrics
 from services.chat.engines.base import EndOfTurn, GenerationOptions
 from services.chat.engines.stops import StopFilter
+from services.chat.engines.threads import ThreadGovernor
 from shared.service import ServiceError
 
 log = logging.getLogger("chat")
@@ -100,8 +101,10 @@ def _common(a: list[int], b: list[int]) -> int:
 
 
 class Scheduler:
-    def __init__(self, ctx: Any, vocab: Any, n_slots: int, n_batch: int, p_end: Callable[[np.ndarray], float]) -> None:
+    def __init__(self, ctx: Any, vocab: Any, n_slots: int, n_batch: int, p_end: Callable[[np.ndarray], float],
+                 threads: ThreadGovernor | None = None) -> None:
         self.ctx, self.vocab, self.n_batch, self._p_end = ctx, vocab, n_batch, p_end
+        self._threads, self._n_threads = threads, threads.most if threads else 0
         self.mem = llama_cpp.llama_get_memory(ctx)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
         self.slots = [_Slot(i) for i in range(n_slots)]
@@ -173,6 +176,10 @@ class Scheduler:
                 b.logits[i] = k in outputs
                 i += 1
         b.n_tokens = i
+        if self._threads is not None and (n := self._threads.pick()) != self._n_threads:
+            llama_cpp.llama_set_n_threads(self.ctx, n, n)  # other work holds cores: fewer threads, no stalls
+            self._n_threads = n
+            metrics.DECODE_THREADS.set(n)
         t0 = time.perf_counter()
         rc = llama_cpp.llama_decode(self.ctx, b)
         metrics.STEP_SECONDS.labels(kind).observe(time.perf_counter() - t0)

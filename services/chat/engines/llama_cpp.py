@@ -46,6 +46,7 @@ class LlamaCppEngine(ChatEngine):
         from llama_cpp._logger import set_verbose
 
         from services.chat.engines.llama_batch import Scheduler
+        from services.chat.engines.threads import ThreadGovernor
 
         set_verbose(False)
         llama_cpp.llama_backend_init()
@@ -64,7 +65,8 @@ class LlamaCppEngine(ChatEngine):
         p.no_perf = True
         self._ctx = _internals.LlamaContext(model=self._model, params=p, verbose=False)
         self._enders = self._ender_tokens()
-        self._sched = Scheduler(self._ctx.ctx, self._model.vocab, self.slots, N_BATCH, self._p_end)
+        governor = ThreadGovernor(self.cfg.n_threads) if self.cfg.adaptive_threads else None
+        self._sched = Scheduler(self._ctx.ctx, self._model.vocab, self.slots, N_BATCH, self._p_end, governor)
 
     async def load(self) -> None:
         await asyncio.to_thread(self._load)
