@@ -27,9 +27,6 @@ def test_reads_complete():
         ("I would like a coffee and", 0.05, 0.1, "unfinished"),  # everything agrees: wait long
         ("I would like a coffee.", 0.3, 0.2, "unsure"),  # the voice trails on, the words are not clear enough
         ("I would like a coffee.", 0.8, 0.2, "finished"),  # clearly finished words: the unsure sound does not hold them
-        ("I would like a coffee and", 0.02, 0.95, "unfinished"),  # an end is very unlikely: the sound alone cannot end it
-        ("There was one chance.", 0.02, 0.95, "finished"),  # ...unless words and sound are both sure
-        ("There was one chance.", 0.02, 0.6, "unfinished"),
         ("I would like a coffee.", 0.05, 0.95, "finished"),  # the model doubts, the sound is clear
         ("In 1813.", 0.05, 0.7, "unsure"),
         ("I would like a coffee and", 0.05, 0.95, "unsure"),
@@ -39,6 +36,21 @@ def test_reads_complete():
 )
 def test_judge_combines_words_model_and_sound(text, lm, sound, verdict):
     assert judge(turn(text, lm, sound), ServerSettings()) == verdict  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("text", "lm", "sound", "verdict"),
+    [
+        ("I would like a coffee and", 0.02, 0.95, "unfinished"),  # an end is very unlikely: the sound alone cannot end it
+        ("There was one chance.", 0.02, 0.95, "finished"),  # ...unless words and sound are both sure
+        ("There was one chance.", 0.02, 0.6, "unfinished"),
+        ("There was one chance.", 0.3, 0.6, "sure"),
+    ],
+)
+def test_an_unlikely_end_waits_long(text, lm, sound, verdict):
+    assert judge(turn(text, lm, sound), ServerSettings()) == verdict  # type: ignore[arg-type]
+    if verdict == "unfinished":  # turned off, a finished-sounding voice makes it only unsure
+        assert judge(turn(text, lm, sound), ServerSettings(end_of_turn_unlikely=0.0)) == "unsure"  # type: ignore[arg-type]
 
 
 def test_text_only_policy_ignores_the_sound():

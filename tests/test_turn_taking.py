@@ -135,7 +135,8 @@ async def test_a_talk_over_our_echo_becomes_its_own_turn(system, corpus):
     # and the talk-over is lost whenever it ends before our reply does (a CI failure on 4 December).
     said, talk_over = at_level(first.audio, -20.0), at_level(second.audio, -20.0)
     for _ in range(5):
-        res = await stream_pcm(system.ws, said, tail=10.0, loopback=(0.5, 0.15), wait_for_end=2,
+        # the tail covers both turns' waits for words that read unfinished (up to 2.5 s each)
+        res = await stream_pcm(system.ws, said, tail=14.0, loopback=(0.5, 0.15), wait_for_end=2,
                                init={"agentId": "assistant", "userId": "t", "agentName": "T", "systemPrompt": LONG_REPLIES},
                                barge=(talk_over, 1.0))
         if res.of("interrupted") or res.audio_seconds(1) >= ECHO_TALK_OVER_SHORTEST:

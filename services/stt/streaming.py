@@ -16,6 +16,7 @@ the worker falls behind). A flush discards a pending pass and decodes only the t
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 
@@ -39,6 +40,8 @@ CUT_MARGIN = 0.1  # seconds: cut this much before the end of the word, in case t
 MAX_BUFFER = 30.0  # seconds of untrimmed audio held per connection (Whisper's window); more is dropped
 LOOP_WORDS = 4  # a run of this many words said twice in one utterance is Whisper looping, not speech
 MAX_CONTEXT_KEEP = 200  # committed tokens kept as prompt material
+
+log = logging.getLogger("stt")
 
 
 @dataclass(frozen=True)
@@ -261,6 +264,8 @@ class StreamConnection:
             d = await self.scheduler.run("final", decode, self.engine, st.snapshot(final=True))
         final = SttFinal(text=st.final(d), duration=round(st.duration, 3), processing_time=round(time.perf_counter() - t0, 4),
                          passes=st.passes, max_pass_rtf=round(st.max_rtf, 3))
+        log.info("final: %.1f s utterance, last %.1f s decoded, %d passes, %.0f ms", st.duration, len(st.buffer) / STT_RATE,
+                 st.passes, final.processing_time * 1000)
         await self._send(final.dump())
 
     def _start_pump(self) -> None:

@@ -15,6 +15,8 @@ FIRST_AUDIO = Histogram("s2s_tts_first_audio_seconds", "Time from a request to i
 SYNTHESIS = Histogram("s2s_tts_synthesis_seconds", "Time to synthesize one whole request", ["engine"], buckets=_BUCKETS)
 ACTIVE_STREAMS = Gauge("s2s_tts_active_streams", "Open WebSocket streams", ["route"])
 QUEUE_DEPTH = Gauge("s2s_tts_queue_depth", "Texts waiting to be spoken, all streams together")
+GATE_WAIT = Histogram("s2s_tts_gate_wait_seconds", "Wait for a synthesis worker: a stream's first text, or a later one",
+                      ["text"], buckets=_BUCKETS)
 
 
 async def timed_stream(engine: TtsEngine, text: str, voice: str | None, chunk_ms: int) -> AsyncIterator[np.ndarray]:

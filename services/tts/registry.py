@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 
 from services.tts.engines.base import TtsEngine
+from services.tts.gate import SynthesisGate
 from services.tts.voices import VoiceCatalog
 from shared.config import TtsSettings
 from shared.service import Readiness, ServiceError
@@ -39,6 +41,7 @@ class TtsContext:
         self.unavailable: dict[str, str] = {}  # engine name -> why it cannot speak
         self.catalog = VoiceCatalog(self.engines, self.default, cfg.data_dir, cfg.agents_file)
         self.state = Readiness()
+        self.gate = SynthesisGate(cfg.max_concurrent or (os.cpu_count() or 1) // cfg.threads)
 
     async def load(self) -> None:
         """The default engine must load (else the service is not ready); a provider

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import time
 
+import numpy as np
 from fastapi import WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
 
@@ -24,18 +25,38 @@ from shared.service import ServiceError
 
 log = logging.getLogger("tts")
 QUEUE_MAX = 64  # texts waiting per connection
+SEND_TIMEOUT = 10.0  # s a client may leave a frame unread before its stream is closed
 
 
-async def _speak(ws: WebSocket, ctx: TtsContext, req: TtsRequest, route: str | None) -> None:
+class NotReading(Exception):
+    """The client left a frame unread for SEND_TIMEOUT."""
+
+
+async def _send(ws: WebSocket, chunk: np.ndarray) -> None:
+    # bounded: a client that stops reading must not hold a synthesis worker (and everyone behind it)
+    try:
+        await asyncio.wait_for(ws.send_bytes(float_to_f32le(chunk)), SEND_TIMEOUT)
+    except TimeoutError as exc:
+        raise NotReading from exc
+
+
+async def _speak(ws: WebSocket, ctx: TtsContext, req: TtsRequest, route: str | None, opening: bool) -> None:
+    """One text; `opening`: the stream's first (a reply starting), which the gate lets go first."""
     t0 = time.perf_counter()
     first, samples = None, 0
     try:
         engine, voice = ctx.pick(req.voice, req.personality, route)
-        async for chunk in timed_stream(engine, req.text, voice, ctx.cfg.chunk_ms):
-            if first is None:
-                first = time.perf_counter() - t0
-            samples += len(chunk)
-            await ws.send_bytes(float_to_f32le(chunk))
+        async with ctx.gate.slot(urgent=opening) if engine.local else contextlib.nullcontext():
+            async for chunk in timed_stream(engine, req.text, voice, ctx.cfg.chunk_ms):
+                if first is None:
+                    first = time.perf_counter() - t0
+                samples += len(chunk)
+                await _send(ws, chunk)
+    except NotReading:
+        log.warning("client not reading for %.0fs: closing the stream", SEND_TIMEOUT)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(ws.close(1008, "client is not reading"), 1.0)
+        return
     except ServiceError as exc:
         await ws.send_text(TtsError(id=req.id, message=exc.message).dump())
         return
@@ -65,11 +86,15 @@ async def serve_stream(ws: WebSocket, ctx: TtsContext, route: str | None) -> Non
     ACTIVE_STREAMS.labels(label).inc()
     queue: asyncio.Queue[TtsRequest] = asyncio.Queue(maxsize=QUEUE_MAX)
 
+    spoken = 0  # texts this connection has had spoken (or begun)
+
     async def worker() -> None:
+        nonlocal spoken
         while True:
             req = await queue.get()
             QUEUE_DEPTH.dec()
-            await _speak(ws, ctx, req, route)
+            spoken += 1
+            await _speak(ws, ctx, req, route, opening=spoken == 1)
 
     def drain() -> None:
         while not queue.empty():

@@ -105,20 +105,18 @@ class FasterWhisperEngine(SttEngine):
         feats = fe(audio)[:, : int(duration * fe.sampling_rate / fe.hop_length)]
         tok = self.tokenizer(language)
         prompt = ([tok.sot_prev, *context[-MAX_CONTEXT:]] if context else []) + [*tok.sot_sequence, tok.no_timestamps, *prefix]
-        frames = min(fe.nb_max_frames, int((duration + WINDOW_PAD) * 100) // 100 * 100 + 100)
-        enc = self._encode(feats, frames)
-        res = self._generate(enc, prompt, duration, temperature)
-        ids = self._new_ids(res, prompt, tok)
-        # a short window occasionally makes Whisper repeat itself; the full 30 s window does not.
+        # a short window occasionally makes Whisper repeat itself; a longer one mostly does not.
         # Retried from a 2-token repeat on (a short "Yes." came back as "Yes. Yes." in a CI run);
         # a repeat the 30 s window keeps too is a loop only from 3 tokens ("bye bye" is speech).
         # Words are compared too, case and punctuation aside: "Oh, you remember the C? You remember
-        # the C?" repeats no token (" you" is not " You") and came back so in a CI run.
-        if (_looped(prefix + ids, min_len=2) or _looped(_word_keys(prefix + ids, tok), min_len=2)) and frames < fe.nb_max_frames:
-            frames = fe.nb_max_frames
+        # the C?" repeats no token (" you" is not " You") and came back so in a CI run. A window
+        # 5 s longer first (~90 ms for a 3 s buffer), the full 30 s (~300 ms) only if that loops too.
+        for frames in _windows(duration, fe.nb_max_frames):
             enc = self._encode(feats, frames)
             res = self._generate(enc, prompt, duration, temperature)
             ids = self._new_ids(res, prompt, tok)
+            if not (_looped(prefix + ids, min_len=2) or _looped(_word_keys(prefix + ids, tok), min_len=2)):
+                break
         looped = _looped(prefix + ids) or _looped(_word_keys(prefix + ids, tok))
         rejected = self._hallucinated(res.no_speech_prob, res.scores[0])
         # Align the whole text, tail included: a monotonic alignment of the prefix alone would
@@ -191,6 +189,13 @@ class FasterWhisperEngine(SttEngine):
                 kept.append(Segment(round(seg.start, 3), round(seg.end, 3), seg.text.strip()))
         text = " ".join(s.text for s in kept)
         return Transcript(text, info.language, len(audio) / STT_RATE, dropped, kept)
+
+
+def _windows(duration: float, most: int) -> list[int]:
+    """Encoder windows (frames, whole seconds) to try in turn: the audio + WINDOW_PAD, + twice
+    that, then Whisper's full 30 s."""
+    sizes = [min(most, int((duration + pad) * 100) // 100 * 100 + 100) for pad in (WINDOW_PAD, 2 * WINDOW_PAD)]
+    return sorted({*sizes, most})
 
 
 def _looped(ids: Sequence[Hashable], min_len: int = 3, tail: int = 6) -> bool:

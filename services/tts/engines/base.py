@@ -23,6 +23,7 @@ class TtsEngine(ABC):
     name: str = "tts"
     sample_rate: int = OUT_RATE  # the provider's native rate, set by load()
     can_clone: bool = False  # add_voice() works (speaker conditioning from a reference recording)
+    local: bool = True  # synthesizes on this machine (a cloud provider's engine sets False: not gated)
 
     async def load(self) -> None:
         """Load weights or check credentials; warm up."""

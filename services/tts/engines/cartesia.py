@@ -25,6 +25,7 @@ API_VERSION = "2024-06-10"
 
 class CartesiaEngine(TtsEngine):
     name = "cartesia"
+    local = False  # the provider synthesizes: nothing to gate here
     sample_rate = OUT_RATE  # we ask for 24 kHz float32, so no resampling is needed
 
     def __init__(self, cfg: TtsSettings) -> None:

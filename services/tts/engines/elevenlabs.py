@@ -24,6 +24,7 @@ MODEL = "eleven_flash_v2_5"
 
 class ElevenLabsEngine(TtsEngine):
     name = "elevenlabs"
+    local = False  # the provider synthesizes: nothing to gate here
     sample_rate = OUT_RATE  # output_format=pcm_24000: 16-bit PCM at 24 kHz
 
     def __init__(self, cfg: TtsSettings) -> None:
