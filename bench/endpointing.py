@@ -152,7 +152,7 @@ def policies() -> dict[str, Policy]:
         "all three agree": lambda r: fast if r["words"] and lm_ok(r) and snd(r) >= 0.5 else slow,
         "judge(), sound may overrule the LM (before)": current(ServerSettings(end_of_turn_clear=1.0, end_of_turn_unlikely=0.0)),
         "judge() (450/450/900/2500 ms)": current(cfg),
-        "judge(), SERVER_END_OF_TURN_UNLIKELY=0 (off)": current(ServerSettings(end_of_turn_unlikely=0.0)),
+        "judge(), SERVER_END_OF_TURN_UNLIKELY=0.05": current(ServerSettings(end_of_turn_unlikely=0.05)),
     }
 
 

@@ -47,10 +47,10 @@ def test_judge_combines_words_model_and_sound(text, lm, sound, verdict):
         ("There was one chance.", 0.3, 0.6, "sure"),
     ],
 )
-def test_an_unlikely_end_waits_long(text, lm, sound, verdict):
-    assert judge(turn(text, lm, sound), ServerSettings()) == verdict  # type: ignore[arg-type]
-    if verdict == "unfinished":  # turned off, a finished-sounding voice makes it only unsure
-        assert judge(turn(text, lm, sound), ServerSettings(end_of_turn_unlikely=0.0)) == "unsure"  # type: ignore[arg-type]
+def test_an_unlikely_end_waits_long_when_asked(text, lm, sound, verdict):
+    assert judge(turn(text, lm, sound), ServerSettings(end_of_turn_unlikely=0.05)) == verdict  # type: ignore[arg-type]
+    if verdict == "unfinished":  # off by default: a finished-sounding voice makes it only unsure
+        assert judge(turn(text, lm, sound), ServerSettings()) == "unsure"  # type: ignore[arg-type]
 
 
 def test_text_only_policy_ignores_the_sound():

@@ -9,8 +9,7 @@ Three cues, each read at a pause while the answer is already being computed:
 
 `judge` turns them into how long a silence ends the turn: "sure" (words and sound
 agree it is finished: answer at once), "finished" (the words say so), "unsure", or
-"unfinished" (words and sound agree it is not, or the language model finds an end very
-unlikely: wait up to SERVER_UNFINISHED_MAX_SILENCE). `bench/endpointing.py`
+"unfinished" (words and sound agree it is not: wait up to SERVER_UNFINISHED_MAX_SILENCE). `bench/endpointing.py`
 measures each cue and each combination at real ends and at inner pauses.
 """
 
@@ -54,9 +53,10 @@ def judge(turn: Turn, cfg: ServerSettings) -> Verdict:
     # The language model separates ends from pauses better than Smart Turn does on the
     # speech we measured (bench/endpointing.py: AUC 0.92 against 0.73), so its clear
     # readings are not overruled by an unsure sound: clearly finished words end the turn
-    # quickly, and a sentence that almost surely goes on (SERVER_END_OF_TURN_UNLIKELY) waits
-    # long unless words and sound are sure: fewer replies inside 1-2 s pauses (3 of 12 against
-    # 7 in bench/turn_taking.py), though an end the 270M model misreads waits 2.5 s too.
+    # quickly. Optionally (SERVER_END_OF_TURN_UNLIKELY, off by default), a sentence that almost
+    # surely goes on waits long unless words and sound are sure: fewer replies inside 1-2 s
+    # pauses (3 of 12 against 7 in bench/turn_taking.py), but short finished sentences the
+    # live transcript left without a full stop ("In 1813") waited 2.5 s (2 of 24 corpus clips).
     p = turn.end_of_turn
     if words and p is not None and p >= cfg.end_of_turn_clear:
         return "sure" if sound_done else "finished"
