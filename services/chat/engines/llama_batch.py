@@ -105,6 +105,8 @@ class Scheduler:
                  threads: ThreadGovernor | None = None) -> None:
         self.ctx, self.vocab, self.n_batch, self._p_end = ctx, vocab, n_batch, p_end
         self._threads, self._n_threads = threads, threads.most if threads else 0
+        if threads is not None:
+            metrics.DECODE_THREADS.set(threads.most)  # the context starts with them; read before the first change
         self.mem = llama_cpp.llama_get_memory(ctx)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
         self.slots = [_Slot(i) for i in range(n_slots)]
