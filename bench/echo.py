@@ -31,8 +31,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from shared.session_client import stream_pcm  # noqa: E402
 from shared.wer import normalise  # noqa: E402
+from testing.session_client import stream_pcm  # noqa: E402
 from tests.conftest import at_level, load_corpus, start_system, stop_system, system_env  # noqa: E402
 
 DELAYS = (0.0, 0.04, 0.15, 0.3, 0.45, 0.5)

@@ -42,8 +42,8 @@ from bench.speech_sets import NAMES, Utterance, answer_latency, answer_stages, b
 from services.server.agents import AgentBook  # noqa: E402
 from shared.audio import float_to_pcm16  # noqa: E402
 from shared.config import ServerSettings  # noqa: E402
-from shared.session_client import last_voiced_sample, stream_pcm  # noqa: E402
 from shared.wer import wer  # noqa: E402
+from testing.session_client import last_voiced_sample, stream_pcm  # noqa: E402
 from tests.conftest import rss_mb, service_pid, start_system, stop_system, system_env, wait_ready  # noqa: E402
 
 SERVICES = ("server", "stt", "chat", "tts")

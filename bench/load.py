@@ -11,7 +11,7 @@ of one speaker joined with 150-400 ms pauses) about every --interval seconds (10
 real-time microphone stream (bench/load_client.py); users start staggered over one
 interval. Per N: sessions admitted, queued (told `queued{position, estimated_wait_s}`, then
 admitted when a place frees) and refused (`error{code:"server_full"}`, close 1013), turns, answered, dropped (an admitted session's turn that got no audio), p50/p90/
-p95/max end of speech -> first audio (ms, client clock, shared.session_client's
+p95/max end of speech -> first audio (ms, client clock, testing.session_client's
 end-of-speech rule), CPU % of one core of each service process, and a verdict against the
 targets (up to the server's session cap, 4 on 2 cores: p90 <= 1.0 s and none dropped;
 beyond it: the admitted keep p90 <= 1.5 s, none dropped, the others told within 2 s).
@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 from bench.load_client import SimUser, TurnInput  # noqa: E402
 from bench.load_report import HEADER, CpuMeter, Level, pid_on_port, verdict_real, verdict_standins  # noqa: E402
 from shared.config import ServerSettings  # noqa: E402
-from shared.session_client import FRAME, last_voiced_sample  # noqa: E402
+from testing.session_client import FRAME, last_voiced_sample  # noqa: E402
 from tests.conftest import Clip, load_corpus, start_system, stop_system, system_env, wait_ready  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"

@@ -7,7 +7,7 @@ chunk, plus a margin), so the server never sees the user talk over the assistant
 
 - A spoken turn (int16 16 kHz PCM) goes into the microphone stream, which sends 20 ms
   frames in real time for the whole session (silence between turns). End of speech is
-  the moment the utterance's last voiced frame is sent (shared.session_client's rule).
+  the moment the utterance's last voiced frame is sent (testing.session_client's rule).
 - A typed turn is `{"type":"transcript","text"}` (no STT, no detector); its "end of
   speech" is the moment it is sent.
 
@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import websockets
 
-from shared.session_client import FRAME, last_voiced_sample
+from testing.session_client import FRAME, last_voiced_sample
 
 OUT_RATE = 24000
 PLAY_MARGIN = 0.6  # s after the answer's audio would have finished playing before the user speaks again

@@ -29,8 +29,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from shared.session_client import SessionResult  # noqa: E402
 from shared.wer import normalise, wer  # noqa: E402
+from testing.session_client import SessionResult  # noqa: E402
 from tests.conftest import CORPUS, Clip, load_corpus, with_pause  # noqa: E402
 
 RATE = 16000

@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.speech_sets import NAMES, Utterance, answer_latency, build, final_transcripts, one_turn  # noqa: E402
-from shared.session_client import stream_pcm  # noqa: E402
+from testing.session_client import stream_pcm  # noqa: E402
 from tests.conftest import load_corpus, start_system, stop_system, system_env, wait_ready  # noqa: E402
 
 CONFIGS = {"default": {}, "silence only": {"SERVER_CONFIRM_SILENCE": "0.9"}}

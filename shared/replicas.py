@@ -4,6 +4,10 @@ Load is what this client has in flight on a replica plus what the replica last r
 (`GET /load`: its in-flight work and queue depth, polled in the background). A replica
 that fails to answer is taken out for a while and the request is retried on another;
 the poll brings it back once `/ready` answers again.
+
+The one retry policy of the session server is here too (`on_replicas`): a retryable
+failure takes the replica out and tries the next one at once; once every replica was
+tried, tenacity backs off (exponential, with jitter) and another pass begins.
 """
 
 from __future__ import annotations
@@ -12,12 +16,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import httpx
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 log = logging.getLogger("replicas")
+T = TypeVar("T")
 
 DOWN_FOR = 3.0  # seconds a failed replica is skipped before it is tried again
 POLL_EVERY = 1.0
@@ -38,8 +45,17 @@ class Replica:
     @property
     def http_base(self) -> str:
         """The replica's HTTP address (a ws:// stream URL becomes its service's base)."""
-        base = self.url.replace("ws://", "http://").replace("wss://", "https://")
-        return base.split("/tts/")[0].rstrip("/")
+        return as_http(self.url).split("/tts/")[0].rstrip("/")
+
+
+def as_http(url: str) -> str:
+    """ws://... -> http://..., wss://... -> https://... (anything else unchanged): the one rewrite."""
+    return url.replace("ws://", "http://", 1).replace("wss://", "https://", 1) if url.startswith(("ws://", "wss://")) else url
+
+
+def as_ws(url: str) -> str:
+    """http://... -> ws://..., https://... -> wss://... (anything else unchanged)."""
+    return url.replace("http://", "ws://", 1).replace("https://", "wss://", 1) if url.startswith(("http://", "https://")) else url
 
 
 class Replicas:
@@ -66,6 +82,15 @@ class Replicas:
     def using(self, replica: Replica) -> Iterator[Replica]:
         replica.in_flight += 1
         replica.served += 1
+        try:
+            yield replica
+        finally:
+            replica.in_flight -= 1
+
+    @contextlib.contextmanager
+    def holding(self, replica: Replica) -> Iterator[Replica]:
+        """Counts as load on `replica` while a stream opened on it is read (it was `served` once)."""
+        replica.in_flight += 1
         try:
             yield replica
         finally:
@@ -105,3 +130,97 @@ class Replicas:
     def status(self) -> list[dict[str, object]]:
         return [{"url": r.url, "healthy": r.healthy, "in_flight": r.in_flight, "reported": r.reported, "served": r.served}
                 for r in self.replicas]
+
+
+# ---------------------------------------------------------------- the retry policy
+
+
+class ReplicaError(Exception):
+    """A failed call to a replica. `retryable`: another try (here or on another replica) may
+    succeed. shared.clients.UpstreamError is the one kind raised, and decides the flag."""
+
+    retryable: bool = True
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How one call is retried: `passes` over the replicas (each tried at most once a pass,
+    a failed one skipped at once), with exponential backoff and jitter between passes."""
+
+    passes: int = 3  # the first, then two after a backoff (one replica: three tries, as before)
+    backoff: float = 0.15  # seconds before the second pass; doubled for each later one
+    max_backoff: float = 2.0
+    jitter: float = 0.05
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep  # tests pass a fake clock
+
+
+RETRY = RetryPolicy()
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, ReplicaError) and exc.retryable
+
+
+def _before_sleep(pool: Replicas) -> Callable[[RetryCallState], None]:
+    def note(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        wait = state.next_action.sleep if state.next_action else 0.0
+        log.info("%s: every replica failed (%s); retrying in %.2fs", pool.service, exc, wait)
+
+    return note
+
+
+async def on_replicas(pool: Replicas, call: Callable[[Replica], Awaitable[T]], policy: RetryPolicy = RETRY) -> T:
+    """Run `call` on the least-loaded healthy replica. A retryable ReplicaError marks that
+    replica failed and tries another at once; when every replica failed in this pass, it
+    backs off and starts another pass. Anything else, and the last failure, is raised."""
+
+    async def one_pass() -> T:
+        tried: set[str] = set()
+        while True:
+            replica = pool.pick(tried)
+            try:
+                with pool.using(replica):
+                    return await call(replica)
+            except ReplicaError as exc:
+                if not exc.retryable:
+                    raise
+                pool.failed(replica)
+                tried.add(replica.url)
+                if len(tried) >= len(pool.replicas):
+                    raise
+                log.info("%s; trying another replica", exc)
+
+    retrying = AsyncRetrying(
+        stop=stop_after_attempt(max(policy.passes, 1)),
+        wait=wait_exponential_jitter(multiplier=policy.backoff, max=policy.max_backoff, jitter=policy.jitter),
+        retry=retry_if_exception(_retryable), reraise=True, sleep=policy.sleep, before_sleep=_before_sleep(pool),
+    )
+    return await retrying(one_pass)
+
+
+async def streamed(pool: Replicas, open_stream: Callable[[Replica], AsyncGenerator[T]],
+                   policy: RetryPolicy = RETRY) -> AsyncIterator[T]:
+    """The items of a stream opened on a replica. A failure before the first item is
+    retried (on_replicas); one after it is the caller's: what was streamed cannot be unsaid."""
+
+    async def first(replica: Replica) -> tuple[Replica, AsyncGenerator[T], list[T]]:
+        stream = open_stream(replica)
+        try:
+            head = [await anext(stream)]
+        except StopAsyncIteration:
+            head = []
+        except BaseException:
+            await stream.aclose()
+            raise
+        return replica, stream, head
+
+    replica, stream, head = await on_replicas(pool, first, policy)
+    with pool.holding(replica):
+        try:
+            for item in head:
+                yield item
+            async for item in stream:
+                yield item
+        finally:
+            await stream.aclose()

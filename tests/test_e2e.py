@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import websockets
 
-from shared.session_client import stream_pcm
 from shared.wer import wer
+from testing.session_client import stream_pcm
 from tests.conftest import SPOKEN
 
 pytestmark = pytest.mark.e2e

@@ -3,7 +3,8 @@
 import numpy as np
 
 from services.server.echo import EchoGuard, repeats_our_words
-from shared.audio import resample, room_impulse_response, white_noise
+from shared.audio import resample
+from testing.audio import room_impulse_response, white_noise
 from tests.conftest import trimmed
 
 

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from shared.session_client import stream_pcm
+from testing.session_client import stream_pcm
 from tests.conftest import ROOT, system_env, wait_ready
 
 BASE = 29000

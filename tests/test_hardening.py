@@ -23,7 +23,7 @@ import soundfile as sf
 import websockets
 from hypothesis import HealthCheck, Phase, given, settings
 
-from shared.session_client import stream_pcm
+from testing.session_client import stream_pcm
 from tests.conftest import OUTPUT, SPOKEN, rss_mb, service_pid, start_system, stop_system, system_env, wait_ready
 
 pytestmark = pytest.mark.e2e

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import websockets
 
-from shared.session_client import stream_pcm
+from testing.session_client import stream_pcm
 from tests.conftest import OUTPUT, ROOT, SPOKEN, system_env, wait_ready
 
 pytestmark = pytest.mark.e2e
@@ -111,3 +111,18 @@ async def test_load_spreads_and_a_dead_replica_loses_no_turn(replicated, corpus)
     for clip in corpus[4:6]:
         res = await stream_pcm(ws, clip.audio)
         assert res.transcripts and res.audio_seconds() >= SPOKEN and not res.of("error")
+
+
+async def test_the_gateway_speaks_through_the_replica_left(replicated):
+    """OpenAI's /v1/audio/speech goes through the same Upstreams as the sessions: with a TTS
+    replica just killed (the pool has not yet seen it go), every request is still answered."""
+    alive = [n for n in ("tts", "tts2") if replicated[n].poll() is None]
+    if len(alive) == 2:  # the first test may have left both up (it kills the busy one)
+        os.killpg(replicated["tts2"].pid, signal.SIGKILL)
+        replicated["tts2"].wait(10)
+    body = {"model": "tts-1", "voice": "alloy", "response_format": "wav", "input": "The replica left speaks this sentence."}
+    async with httpx.AsyncClient(timeout=60) as client:
+        answers = await asyncio.gather(*(client.post(f"http://127.0.0.1:{BASE}/v1/audio/speech", json=body) for _ in range(4)))
+    for r in answers:
+        assert r.status_code == 200, r.text
+        assert r.content[:4] == b"RIFF" and len(r.content) > 24_000  # > 0.5 s of 24 kHz int16

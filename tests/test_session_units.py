@@ -4,68 +4,90 @@ wait for audio, and the admission registry."""
 from __future__ import annotations
 
 import asyncio
+import time
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
-from starlette.websockets import WebSocketDisconnect
 
-from services.server import session as session_mod
 from services.server.admission import Admission, Full
 from services.server.agents import Agent
-from services.server.session import Services, Session
+from services.server.session import Session
+from services.server.session import channel as channel_mod
+from shared.audio import STT_RATE
 from shared.config import ServerSettings
-from shared.protocol import InitMessage
+from shared.protocol import InitMessage, SpeechStart
+from testing.fakes import FakeChat, FakeSpeeches, GoneChannel, StuckChannel
 
 
-class StuckSocket:
-    """A WebSocket whose peer never reads: every send blocks forever."""
+class FakeStt:
+    def __init__(self, text: str = "What time is it?") -> None:
+        self.text = text
 
-    def __init__(self) -> None:
-        self.closed_with: int | None = None
+    async def transcribe(self, audio: np.ndarray) -> str:
+        return self.text
 
-    async def send_text(self, _: str) -> None:
-        await asyncio.Event().wait()
-
-    async def send_bytes(self, _: bytes) -> None:
-        await asyncio.Event().wait()
-
-    async def close(self, code: int = 1000, reason: str = "") -> None:
-        self.closed_with = code
+    async def end_of_turn(self, audio: np.ndarray) -> float | None:
+        return 0.9
 
 
-def make_session(ws: object) -> Session:
-    cfg = ServerSettings(streaming_stt=False)
-    services = Services(stt=None, chat=None, tts=None, cfg=cfg)  # type: ignore[arg-type]
+def make_session(channel: object, **settings: object) -> Session:
+    cfg = ServerSettings(streaming_stt=False, end_of_turn_policy="text", **settings)
+    ups = SimpleNamespace(cfg=cfg, stt=FakeStt(), chat=FakeChat(), open_speech=FakeSpeeches())
     init = InitMessage(agentId="a", userId="u")
-    return Session(ws, "unit", init, Agent(id="a"), services)  # type: ignore[arg-type]
+    return Session(channel, "unit", init, Agent(id="a"), ups)  # type: ignore[arg-type]
 
 
 async def test_a_client_that_stops_reading_is_closed(monkeypatch):
-    monkeypatch.setattr(session_mod, "SEND_TIMEOUT", 0.2)
-    ws = StuckSocket()
-    s = make_session(ws)
+    monkeypatch.setattr(channel_mod, "SEND_TIMEOUT", 0.2)
+    channel = StuckChannel()
+    s = make_session(channel)
     await s.start()
-    await asyncio.wait_for(s.send('{"type":"x"}'), 2)  # gives up instead of waiting forever
-    await asyncio.sleep(0.1)
-    assert ws.closed_with == 1008 and s._closed
-    await s.send('{"type":"y"}')  # later sends are dropped at once
-
-
-class GoneSocket(StuckSocket):
-    """A WebSocket whose client has left: every send raises, as starlette's does."""
-
-    async def send_text(self, _: str) -> None:
-        raise WebSocketDisconnect(1001)
-
-    async def send_bytes(self, _: bytes) -> None:
-        raise RuntimeError('Cannot call "send" once a close message has been sent.')
+    s.send(SpeechStart())
+    for _ in range(100):
+        if s._closed and channel.closed_with:
+            break
+        await asyncio.sleep(0.02)
+    assert channel.closed_with == (1008, "client is not reading") and s._closed
+    s.send(SpeechStart())  # later sends are dropped at once
+    await s.close()
 
 
 async def test_a_send_to_a_client_that_left_ends_quietly():
-    s = make_session(GoneSocket())
+    s = make_session(GoneChannel())
     await s.start()
-    await s.send('{"type":"x"}')  # a turn still speaking must not crash on its next chunk
-    assert s._closed
-    await s.send(b"\x00\x00")  # later sends are dropped at once
+    s.send(SpeechStart())  # a turn still speaking must not crash on its next chunk
+    for _ in range(50):
+        await asyncio.sleep(0.01)
+    assert s._closed and s.outbox.closed
+    s.send(SpeechStart())  # later sends are dropped at once
+    await s.close()
+
+
+def utterance(seconds: float = 1.2) -> bytes:
+    """A voiced stretch (a 180 Hz buzz with a syllable rhythm, well over the energy threshold), then 1.5 s of silence."""
+    t = np.arange(int(seconds * STT_RATE)) / STT_RATE
+    voiced = 0.3 * np.sin(2 * np.pi * 180 * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 4 * t))
+    x = np.concatenate([np.zeros(STT_RATE // 5), voiced, np.zeros(int(1.5 * STT_RATE))])
+    return (x * 32767).astype("<i2").tobytes()
+
+
+async def test_the_input_path_keeps_its_pace_while_the_client_stops_reading():
+    """A turn is confirmed and streams while the client reads nothing: every audio frame
+    is still taken at once (output waits in the outbox, never on the input path)."""
+    s = make_session(StuckChannel())
+    await s.start()
+    pcm, frame = utterance(), 640  # 20 ms frames
+    took = []
+    for i in range(0, len(pcm), frame):
+        t0 = time.perf_counter()
+        await s.on_audio(pcm[i : i + frame])
+        took.append(time.perf_counter() - t0)
+        await asyncio.sleep(0.02)  # real time: the turn is computed meanwhile
+    turn = s.turns.last or s.turns.active
+    assert turn is not None and turn.confirmed, "the turn was confirmed while the client was stuck"
+    assert max(took) < 0.1, f"an audio frame waited {max(took) * 1000:.0f} ms"
+    assert not s._closed  # the client is not yet past the send timeout
     await s.close()
 
 

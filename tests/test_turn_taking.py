@@ -15,8 +15,8 @@ import soundfile as sf
 import websockets
 
 from shared.audio import resample
-from shared.session_client import stream_pcm
 from shared.wer import normalise, wer
+from testing.session_client import stream_pcm
 from tests.conftest import SPOKEN, at_level, babble, trimmed, with_pause
 
 pytestmark = pytest.mark.e2e

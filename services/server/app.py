@@ -23,14 +23,13 @@ from starlette.websockets import WebSocketState
 from services.server.admission import Admission, Full
 from services.server.agents import AgentBook
 from services.server.gateway import routers as gateway_routers
-from services.server.session import Services, Session
-from shared.clients import ChatClient, SttClient
-from shared.config import ServerSettings, common, urls
+from services.server.session import Session, WebSocketChannel
+from services.server.upstreams import Upstreams
+from shared.clients import UpstreamError
+from shared.config import ServerSettings, common
 from shared.logs import SESSION_LOG, setup_logging
 from shared.metrics import SESSION_ERRORS
 from shared.protocol import CallReady, ErrorOut, InitMessage, Queued, client_message, first_error
-from shared.replicas import Replicas
-from shared.security import service_headers
 from shared.service import create_service
 
 log = setup_logging("server")
@@ -50,9 +49,8 @@ CLOSE_TRY_LATER = 1013  # full, starting or draining
 
 
 class _Deps:
-    http: httpx.AsyncClient
-    services: Services
     agents: AgentBook
+    upstreams: Upstreams
 
 
 deps = _Deps()
@@ -61,13 +59,7 @@ admission = Admission(cfg.max_sessions, cfg.max_sessions_per_key, cfg.max_queued
 
 async def _load() -> None:
     deps.agents = AgentBook.load(cfg.agents_file)
-    deps.http = httpx.AsyncClient(timeout=httpx.Timeout(cfg.request_timeout, connect=3.0), limits=httpx.Limits(max_keepalive_connections=32),
-                                  headers=service_headers())
-    stt, chat, tts = (Replicas(name, urls(many, one)) for name, many, one in
-                      (("stt", cfg.stt_urls, cfg.stt_url), ("chat", cfg.chat_urls, cfg.chat_url), ("tts", cfg.tts_urls, cfg.tts_url)))
-    for pool in (stt, chat, tts):
-        pool.start_polling(deps.http)
-    deps.services = Services(SttClient(deps.http, stt), ChatClient(deps.http, chat), tts, cfg)
+    deps.upstreams = app.state.upstreams = Upstreams.build(cfg)  # the gateway's routes reach it through a dependency
 
 
 async def _drain() -> None:
@@ -79,7 +71,6 @@ app, state = create_service(
     max_body_mb=cfg.max_body_mb, origins=[o.strip() for o in cfg.allowed_origins.split(",") if o.strip()],
     token_paths="/ws/", on_drain=_drain, ws_max_size=cfg.max_frame_bytes,
 )
-app.state.deps = deps  # the gateway's routers reach the service clients through request.app.state
 app.mount("/static", StaticFiles(directory=STATIC), name="static")
 for _router in gateway_routers:  # before /ws/{session_id}, which would otherwise take /ws/stt and /ws/tts
     app.include_router(_router)
@@ -113,50 +104,24 @@ async def session_token(request: Request, body: TokenRequest | None = None) -> T
     return TokenOut(token=token, session_id=sid, expires_at=round(exp, 3), ws_path=f"/ws/{sid}?token={token}")
 
 
-def tts_http_base() -> str:
-    """The HTTP address of the least-loaded TTS replica."""
-    return deps.services.tts.pick().http_base
-
-
-_catalog: tuple[float, set[str]] = (0.0, set())
-
-
-async def voice_known(voice: str) -> bool:
-    """Is `voice` in the TTS catalog? (Cached 30 s; if TTS cannot say, the turn will.)"""
-    global _catalog
-    if time.monotonic() - _catalog[0] > 30:
-        try:
-            r = await deps.http.get(tts_http_base() + "/voices", timeout=3.0)
-            if r.status_code != 200:
-                return True
-            _catalog = (time.monotonic(), {v["id"] for v in r.json()})
-        except (httpx.HTTPError, ValueError, KeyError, TypeError):
-            return True
-    return voice in _catalog[1]
-
-
 @app.get("/voices", summary="The TTS service's voice catalog (choose a voice by its id)")
 async def voices() -> JSONResponse:
     try:
-        r = await deps.http.get(tts_http_base() + "/voices", timeout=5.0)
-    except httpx.HTTPError as exc:
-        log.warning("voice catalog: TTS unreachable (%s)", type(exc).__name__)
-        return JSONResponse({"error": "speech synthesis is unavailable right now", "retryable": True}, 503)
-    if r.status_code != 200:
-        log.warning("voice catalog: TTS answered %d", r.status_code)
-        return JSONResponse({"error": "speech synthesis could not list its voices", "retryable": True}, 502)
-    return JSONResponse(r.json())
+        return JSONResponse(await deps.upstreams.voices.get())
+    except UpstreamError as exc:
+        log.warning("voice catalog: %s", exc)
+        return JSONResponse({"error": exc.message, "retryable": True}, 503 if exc.status is None else 502)
 
 
 @app.get("/status", summary="Readiness of the services this server depends on")
 async def status() -> dict[str, object]:
     async def probe(url: str) -> bool:
         try:
-            return (await deps.http.get(url + "/ready", timeout=2.0)).status_code == 200
+            return (await deps.upstreams.http.get(url + "/ready", timeout=2.0)).status_code == 200
         except httpx.HTTPError:
             return False
 
-    pools = {"stt": deps.services.stt.replicas, "chat": deps.services.chat.replicas, "tts": deps.services.tts}
+    pools = deps.upstreams.pools()
     names = list(pools)
     results = await asyncio.gather(*(probe(pools[n].pick().http_base) for n in names))
     out: dict[str, object] = {"server": True, **dict(zip(names, results, strict=True))}
@@ -207,19 +172,19 @@ async def session_ws(ws: WebSocket, session_id: str) -> None:
     init = await _read_init(ws)
     if init is None:
         return
-    if init.voice and not await voice_known(init.voice):
+    if init.voice and not await deps.upstreams.voices.known(init.voice):
         await _reject(ws, CLOSE_POLICY, f"unknown voice id {init.voice!r}; GET /voices lists them")
         return
     agent = deps.agents.get(init.agentId)
-    session = Session(ws, session_id, init, agent, deps.services)
+    session = Session(WebSocketChannel(ws, binary_audio=init.audioOut == "binary"), session_id, init, agent, deps.upstreams)
     if not await _take_place(ws, session, ws.scope.get("state", {}).get("key_id", "anonymous")):
         admission.release(session)  # in case a place came just as the client left
         return
     token = SESSION_LOG.set(session_id)
     log.info("start (agent %s, audio out %s)", agent.id, init.audioOut)
     try:
-        await session.send(CallReady(session_id=session_id).dump())
         await session.start()
+        session.send(CallReady(session_id=session_id))
         await _serve(ws, session)
     except (WebSocketDisconnect, RuntimeError):
         pass

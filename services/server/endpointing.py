@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Literal
 from shared.config import ServerSettings
 
 if TYPE_CHECKING:
-    from services.server.turn import Turn
+    from services.server.session.turn import Turn
 
 Verdict = Literal["sure", "finished", "unsure", "unfinished"]
 

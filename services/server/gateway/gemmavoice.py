@@ -35,6 +35,7 @@ from services.server.gateway.models import (
 )
 from services.server.gateway.openapi import multipart_doc
 from services.server.gateway.streams import encoded, guard_bytes, primed
+from services.server.upstreams import Upstreams
 from shared.audio import OUT_RATE, STT_RATE, pcm16_to_float
 
 log = logging.getLogger("server.gateway")
@@ -49,8 +50,8 @@ def _options(req: GenerateRequest) -> dict[str, Any]:
 
 
 @router.post("/v1/generate", response_model=GenerateResponse, summary="Generate text from a prompt")
-async def generate(body: GenerateRequest, request: Request) -> GenerateResponse:
-    text = await up.chat_text(request, [{"role": "user", "content": body.prompt}], **_options(body))
+async def generate(body: GenerateRequest, ups: up.Ups) -> GenerateResponse:
+    text = await up.chat_text(ups, [{"role": "user", "content": body.prompt}], **_options(body))
     return GenerateResponse(generated_text=text)
 
 
@@ -68,20 +69,20 @@ def _stt_response(tr: up.Transcript) -> SttResponse:
 
 @router.post("/v1/speech-to-text", response_model=SttResponse, summary="Transcribe an uploaded audio file",
              openapi_extra=multipart_doc(SttForm, "file"))
-async def speech_to_text(request: Request) -> SttResponse:
-    tr, _ = await up.transcribe_upload(request, SttForm)
+async def speech_to_text(request: Request, ups: up.Ups) -> SttResponse:
+    tr, _ = await up.transcribe_upload(request, ups, SttForm)
     return _stt_response(tr)
 
 
-async def _voice(request: Request, reference_id: str | None) -> str | None:
-    return await up.resolve_voice(up.deps(request).http, reference_id, "reference_id")
+async def _voice(ups: Upstreams, reference_id: str | None) -> str | None:
+    return await up.resolve_voice(ups, reference_id, "reference_id")
 
 
 @router.post("/v1/text-to-speech", response_model=TtsResponse, summary="Synthesize speech: base64 JSON, or audio streamed with stream: true",
              responses={200: {"content": {"application/json": {}, **{t: {} for t in MEDIA_TYPES.values()}}}})
-async def text_to_speech(body: TtsRequest, request: Request) -> Response:
-    voice = await _voice(request, body.reference_id)
-    audio = up.speak_audio(body.text, voice)
+async def text_to_speech(body: TtsRequest, ups: up.Ups) -> Response:
+    voice = await _voice(ups, body.reference_id)
+    audio = ups.speak_audio(body.text, voice)
     if body.speed != 1.0:
         from services.server.gateway.encode import tempo_stream
 
@@ -138,7 +139,7 @@ async def _dialogue_input(request: Request) -> tuple[DialogueJson, tuple[bytes, 
 
 @router.post("/v1/dialogue", response_model=DialogueResponse, summary="Speech (or text) in: transcript, reply text, reply audio, timings",
              openapi_extra=multipart_doc(None, "file", required=()))
-async def dialogue(request: Request) -> DialogueResponse:
+async def dialogue(request: Request, ups: up.Ups) -> DialogueResponse:
     """Multipart (`file` or `text`, `instructions`, `generation_config`, `synthesis_config` as JSON
     strings) or JSON (`text` or `audio_base64`, `instructions`, ...)."""
     t0 = time.perf_counter()
@@ -147,18 +148,18 @@ async def dialogue(request: Request) -> DialogueResponse:
         raise GatewayError(400, "send the user's speech as 'file' (or 'audio_base64'), or their words as 'text'", param="file")
     synth = TtsRequest.model_validate({"text": ".", **body.synthesis_config})
     gen = GenerateRequest.model_validate({"prompt": ".", "max_tokens": 60, **body.generation_config})
-    voice = await _voice(request, synth.reference_id)
+    voice = await _voice(ups, synth.reference_id)
     stt_ms = None
     if audio is not None:
-        tr = await up.transcribe(request, *audio)
+        tr = await up.transcribe(ups, *audio)
         stt_ms, transcript = tr.seconds * 1000, _stt_response(tr)
     else:
         transcript = SttResponse(text=(body.text or "").strip(), language=None)
     messages = ([{"role": "system", "content": body.instructions}] if body.instructions else []) + [{"role": "user", "content": transcript.text}]
     t1 = time.perf_counter()
-    reply = await up.chat_text(request, messages, **_options(gen)) if transcript.text else ""
+    reply = await up.chat_text(ups, messages, **_options(gen)) if transcript.text else ""
     t2 = time.perf_counter()
-    wave = await up.synthesize(reply, voice) if reply else np.zeros(0, np.float32)
+    wave = await ups.synthesize(reply, voice) if reply else np.zeros(0, np.float32)
     data = await asyncio.to_thread(encode_all, wave, synth.format)
     t3 = time.perf_counter()
     timings = DialogueTimings(stt_ms=stt_ms, llm_ms=(t2 - t1) * 1000, tts_ms=(t3 - t2) * 1000, total_ms=(t3 - t0) * 1000)
@@ -176,12 +177,11 @@ async def _ws_error(ws: WebSocket, exc: Exception) -> None:
 
 
 @router.websocket("/ws/stt")
-async def ws_stt(ws: WebSocket) -> None:
+async def ws_stt(ws: WebSocket, ups: up.Ups) -> None:
     """Binary frames: int16 LE mono PCM at 16 kHz. {"event": "commit"} (or a buffer of 30 s)
     transcribes what came since the last commit: {"event": "transcript", "text", "duration"}.
     {"event": "close"} ends the socket."""
     await ws.accept()
-    services = ws.app.state.deps.services
     buf, limit = bytearray(), int(WS_MAX_SECONDS * STT_RATE * 2)
 
     async def commit() -> None:
@@ -191,7 +191,7 @@ async def ws_stt(ws: WebSocket) -> None:
             await ws.send_json({"event": "warning", "detail": "no audio to transcribe"})
             return
         try:
-            text = await services.stt.transcribe(pcm16_to_float(pcm))
+            text = await ups.stt.transcribe(pcm16_to_float(pcm))
         except Exception as exc:  # noqa: BLE001 - reported on the socket, which stays open
             await _ws_error(ws, exc)
             return
@@ -233,11 +233,10 @@ class WsSpeak(BaseModel):
 
 
 @router.websocket("/ws/tts")
-async def ws_tts(ws: WebSocket) -> None:
+async def ws_tts(ws: WebSocket, ups: up.Ups) -> None:
     """Send {"text", "reference_id"?, "format"? (pcm: int16 LE 24 kHz)}; receive binary audio
     chunks as they are synthesized, then {"event": "done", "bytes"}. Many texts per socket."""
     await ws.accept()
-    http = ws.app.state.deps.http
     try:
         while True:
             msg = await ws.receive()
@@ -247,9 +246,9 @@ async def ws_tts(ws: WebSocket) -> None:
                 if msg.get("text") is None:
                     raise GatewayError(400, "send text frames: {\"text\": ...}")
                 req = WsSpeak.model_validate_json(msg["text"])
-                voice = await up.resolve_voice(http, req.reference_id or req.voice, "reference_id")
+                voice = await up.resolve_voice(ups, req.reference_id or req.voice, "reference_id")
                 enc, sent = Encoder(req.format), 0
-                async for chunk in up.speak_audio(req.text, voice):
+                async for chunk in ups.speak_audio(req.text, voice):
                     if out := await asyncio.to_thread(enc.push, chunk):
                         sent += len(out)
                         await ws.send_bytes(out)

@@ -32,6 +32,7 @@ from services.server.gateway.models import (
 )
 from services.server.gateway.openapi import multipart_doc
 from services.server.gateway.streams import encoded, guard_bytes, primed
+from services.server.upstreams import Upstreams
 from shared.clients import UpstreamError
 from shared.text_chunker import TextChunker
 
@@ -62,8 +63,8 @@ def subtitles(segments: list[Segment], fmt: str) -> str:
 
 @router.post("/v1/audio/transcriptions", summary="Transcribe an audio file (OpenAI createTranscription)",
              openapi_extra=multipart_doc(TranscriptionForm, "file"))
-async def transcriptions(request: Request) -> Response:
-    tr, opts = await up.transcribe_upload(request, TranscriptionForm)
+async def transcriptions(request: Request, ups: up.Ups) -> Response:
+    tr, opts = await up.transcribe_upload(request, ups, TranscriptionForm)
     segments = [Segment(id=s.id, start=s.start, end=s.end, text=s.text, temperature=opts.temperature or 0.0) for s in tr.segments]
     if opts.stream:
         async def events() -> AsyncIterator[str]:
@@ -95,9 +96,9 @@ def _tempo(audio: AsyncIterator[np.ndarray], speed: float) -> AsyncIterator[np.n
 
 @router.post("/v1/audio/speech", summary="Text to speech, streamed as it is synthesized (OpenAI createSpeech)",
              response_class=Response, responses={200: {"content": {t: {} for t in (*MEDIA_TYPES.values(), "text/event-stream")}}})
-async def speech(body: SpeechRequest, request: Request) -> Response:
-    voice = await up.resolve_voice(up.deps(request).http, body.voice_name)
-    chunks = await primed(encoded(_tempo(up.speak_audio(body.input, voice), body.speed), body.response_format))
+async def speech(body: SpeechRequest, ups: up.Ups) -> Response:
+    voice = await up.resolve_voice(ups, body.voice_name)
+    chunks = await primed(encoded(_tempo(ups.speak_audio(body.input, voice), body.speed), body.response_format))
     if body.stream_format == "audio":
         return StreamingResponse(guard_bytes(chunks), media_type=MEDIA_TYPES[body.response_format])
 
@@ -136,7 +137,7 @@ class _AudioStore:
 audio_store = _AudioStore()
 
 
-async def _message_text(request: Request, i: int, m: ChatMessageIn) -> str:
+async def _message_text(ups: Upstreams, i: int, m: ChatMessageIn) -> str:
     if isinstance(m.content, str):
         return m.content
     parts: list[str] = []
@@ -149,56 +150,40 @@ async def _message_text(request: Request, i: int, m: ChatMessageIn) -> str:
             if fmt == "pcm":  # the STT service reads raw PCM at 16 kHz; OpenAI's pcm16 is 24 kHz
                 raise GatewayError(400, "input_audio format pcm16 is not supported; send wav or mp3",
                                    param=f"messages[{i}].content[{j}].input_audio.format")
-            tr = await up.transcribe(request, raw, f"input.{fmt}", f"audio/{fmt}")
+            tr = await up.transcribe(ups, raw, f"input.{fmt}", f"audio/{fmt}")
             parts.append(tr.text)
     if not parts and m.audio is not None:
         parts.append(audio_store.get(m.audio.id) or "")
     return "\n".join(x for x in parts if x)
 
 
-async def chat_messages(request: Request, messages: list[ChatMessageIn]) -> list[dict[str, str]]:
+async def chat_messages(ups: Upstreams, messages: list[ChatMessageIn]) -> list[dict[str, str]]:
     """OpenAI messages (text parts, input_audio parts, audio references) as the chat service's text messages."""
-    texts = await asyncio.gather(*(_message_text(request, i, m) for i, m in enumerate(messages)))
+    texts = await asyncio.gather(*(_message_text(ups, i, m) for i, m in enumerate(messages)))
     out = [{"role": "system" if m.role == "developer" else m.role, "content": t[:8000]} for m, t in zip(messages, texts, strict=True)]
     return [m for m in out if m["content"] or m["role"] == "user"]
 
 
-async def _text_only(request: Request, body: ChatRequest, messages: list[dict[str, str]]) -> Response:
+async def _text_only(ups: Upstreams, body: ChatRequest, messages: list[dict[str, str]]) -> Response:
     """Exactly what the chat service answers (its JSON, or its event stream passed through)."""
-    http = up.deps(request).http
     payload = {"messages": messages, "stream": body.stream, **{k: v for k, v in body.options().items() if v is not None}}
-    url = up.chat_base(request) + "/v1/chat/completions"
     try:
-        r = await http.send(http.build_request("POST", url, json=payload, headers=up.service_headers()), stream=True)
-    except Exception as exc:  # noqa: BLE001 - httpx errors: the chat service is not reachable
-        raise UpstreamError("chat", f"unreachable ({type(exc).__name__})") from exc
-    if r.status_code != 200:
-        text = (await r.aread()).decode(errors="replace")
-        await r.aclose()
-        if r.status_code in (400, 422):
-            up.log.info("chat rejected a request: %s", text[:300])
-            raise GatewayError(400, "the chat service rejected the messages", param="messages")
-        raise UpstreamError("chat", f"{r.status_code}: {text[:300]}", retryable=r.status_code >= 500)
-    if not body.stream:
-        data = json.loads(await r.aread())
-        await r.aclose()
-        return JSONResponse(data)
-
-    async def relay() -> AsyncIterator[bytes]:
-        try:
-            async for b in r.aiter_raw():
-                yield b
-        finally:
-            await r.aclose()
-
-    return StreamingResponse(relay(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        if not body.stream:
+            return JSONResponse(await ups.chat.complete(payload))
+        events = await primed(ups.chat.relay(payload))
+    except UpstreamError as exc:
+        if exc.status in (400, 422):
+            up.log.info("chat rejected a request: %s", exc.detail)
+            raise GatewayError(400, "the chat service rejected the messages", param="messages") from exc
+        raise
+    return StreamingResponse(guard_bytes(events), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
-async def reply_pieces(request: Request, messages: list[dict[str, str]], options: dict[str, Any]) -> AsyncIterator[str]:
+async def reply_pieces(ups: Upstreams, messages: list[dict[str, str]], options: dict[str, Any]) -> AsyncIterator[str]:
     """The chat reply cut into speakable pieces as it streams (first clause early)."""
-    chunker = TextChunker(first_max_words=up.settings().first_chunk_max_words)
+    chunker = TextChunker(first_max_words=ups.cfg.first_chunk_max_words)
     opts = {k: v for k, v in options.items() if k != "model"}
-    async for delta in up.chat_stream(request, messages, **opts):
+    async for delta in up.chat_stream(ups, messages, **opts):
         for piece in chunker.push(delta):
             yield piece
     for piece in chunker.flush():
@@ -212,25 +197,25 @@ def _completion(cid: str, model: str, message: dict[str, Any]) -> dict[str, Any]
 
 
 @router.post("/v1/chat/completions", summary="Chat completion; modalities [text, audio] speak the reply (OpenAI createChatCompletion)")
-async def chat_completions(body: ChatRequest, request: Request) -> Response:
+async def chat_completions(body: ChatRequest, ups: up.Ups) -> Response:
     if body.wants_audio and body.audio is None:
         raise GatewayError(400, "audio output needs the 'audio' parameter: {\"voice\", \"format\"}", param="audio")
-    voice = await up.resolve_voice(up.deps(request).http, body.audio.voice_name, "audio.voice") if body.audio and body.wants_audio else None
-    messages = await chat_messages(request, body.messages)
+    voice = await up.resolve_voice(ups, body.audio.voice_name, "audio.voice") if body.audio and body.wants_audio else None
+    messages = await chat_messages(ups, body.messages)
     if not body.wants_audio or body.audio is None:
-        return await _text_only(request, body, messages)
+        return await _text_only(ups, body, messages)
     fmt = "pcm" if body.audio.format == "pcm16" else body.audio.format
     cid, aid, model = f"chatcmpl-{uuid.uuid4().hex[:24]}", f"audio_{uuid.uuid4().hex[:24]}", body.model or "gpt-4o-audio-preview"
     expires = int(time.time()) + AUDIO_TTL
     if not body.stream:
-        text = await up.chat_text(request, messages, **{k: v for k, v in body.options().items() if k != "model"})
-        audio = await up.synthesize(text, voice) if text else np.zeros(0, np.float32)
+        text = await up.chat_text(ups, messages, **{k: v for k, v in body.options().items() if k != "model"})
+        audio = await ups.synthesize(text, voice) if text else np.zeros(0, np.float32)
         data = await asyncio.to_thread(encode_all, audio, fmt)
         audio_store.put(aid, text)
         message = {"role": "assistant", "content": None, "refusal": None,
                    "audio": {"id": aid, "data": base64.b64encode(data).decode(), "expires_at": expires, "transcript": text}}
         return JSONResponse(_completion(cid, model, message))
-    spoken = await primed(up.speak(reply_pieces(request, messages, body.options()), voice))
+    spoken = await primed(ups.speak(reply_pieces(ups, messages, body.options()), voice))
     return StreamingResponse(_audio_events(spoken, fmt, cid, aid, model, expires), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache"})
 

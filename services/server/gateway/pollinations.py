@@ -16,13 +16,15 @@ import uuid
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
 
 from services.server.gateway import upstream as up
 from services.server.gateway.encode import encode_all
 from services.server.gateway.errors import GatewayError, route_class
 from services.server.gateway.models import Modality, PolContent, PolRequest
+from services.server.upstreams import Upstreams
+from shared.clients import UpstreamError
 
 _TRANSCRIBE = re.compile(r"\btranscri(be|bed|bing|pt|ption)\b", re.IGNORECASE)
 
@@ -54,7 +56,7 @@ def infer_modality(job: Job) -> Modality:
     return "tts"
 
 
-async def _clone(request: Request, job: Job, consent: bool) -> str:
+async def _clone(ups: Upstreams, job: Job, consent: bool) -> str:
     """A cloned voice id from the TTS service's POST /v1/voices (only with explicit consent)."""
     if not consent:
         raise GatewayError(400, "cloning a voice from voice.data needs \"consent\": true (the speaker agreed)")
@@ -63,27 +65,24 @@ async def _clone(request: Request, job: Job, consent: bool) -> str:
     if job.clone_transcript:
         form["transcript"] = job.clone_transcript
     try:
-        r = await up.deps(request).http.post(up.tts_http_url() + "/v1/voices", files={"file": ("reference.wav", job.clone_data, "audio/wav")},
-                                             data=form, headers=up.service_headers())
-    except Exception as exc:  # noqa: BLE001 - httpx errors: TTS unreachable
-        raise up.UpstreamError("tts", f"unreachable ({type(exc).__name__})") from exc
-    if r.status_code in (404, 405, 501):
-        up.log.info("tts voice cloning unavailable: %s %s", r.status_code, r.text[:200])
-        raise GatewayError(501, "voice cloning is not available with the configured TTS engine; use voice.name")
-    if r.status_code in (400, 413, 415, 422):
-        up.log.info("tts rejected a clone reference: %s", r.text[:300])
-        raise GatewayError(400, "the reference audio in voice.data could not be used for cloning")
-    if r.status_code == 409:
-        raise GatewayError(409, "the TTS service keeps no more cloned voices; use voice.name")
-    if r.status_code not in (200, 201):
-        raise up.UpstreamError("tts", f"{r.status_code}: {r.text[:300]}", retryable=r.status_code >= 500)
+        r = await ups.tts_post("/v1/voices", files={"file": ("reference.wav", job.clone_data, "audio/wav")}, data=form)
+    except UpstreamError as exc:
+        if exc.status in (404, 405, 501):
+            up.log.info("tts voice cloning unavailable: %s", exc.detail)
+            raise GatewayError(501, "voice cloning is not available with the configured TTS engine; use voice.name") from exc
+        if exc.status in (400, 413, 415, 422):
+            up.log.info("tts rejected a clone reference: %s", exc.detail)
+            raise GatewayError(400, "the reference audio in voice.data could not be used for cloning") from exc
+        if exc.status == 409:
+            raise GatewayError(409, "the TTS service keeps no more cloned voices; use voice.name") from exc
+        raise
     ident = r.json().get("id")
     if not ident:
-        raise up.UpstreamError("tts", "clone answer without an id", retryable=False)
+        raise UpstreamError("tts", "clone answer without an id", retryable=False)
     return str(ident)
 
 
-async def run(request: Request, job: Job, *, consent: bool = False) -> tuple[Modality, str, bytes | None, str | None]:
+async def run(ups: Upstreams, job: Job, *, consent: bool = False) -> tuple[Modality, str, bytes | None, str | None]:
     """(modality, text answer or spoken text, WAV bytes or None, transcript of the input speech)."""
     modality = infer_modality(job)
     if modality in ("stt", "sts") and job.speech is None:
@@ -92,22 +91,22 @@ async def run(request: Request, job: Job, *, consent: bool = False) -> tuple[Mod
         raise GatewayError(400, "missing required 'text'")
     heard = None
     if job.speech is not None and modality in ("stt", "sts"):
-        heard = (await up.transcribe(request, job.speech, "speech", "application/octet-stream")).text
+        heard = (await up.transcribe(ups, job.speech, "speech", "application/octet-stream")).text
     if modality == "stt":
         return modality, heard or "", None, heard
     voice = None
     if modality in ("tts", "sts"):
-        voice = await _clone(request, job, consent) if job.clone_data else await up.resolve_voice(up.deps(request).http, job.voice or "alloy")
+        voice = await _clone(ups, job, consent) if job.clone_data else await up.resolve_voice(ups, job.voice or "alloy")
     if modality == "tts":
         spoken = job.text.strip()
     else:
         system = "\n".join(x for x in (job.system, job.text if modality == "sts" else None) if x)
         user = heard if modality == "sts" else job.text
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user or ""}]
-        spoken = await up.chat_text(request, messages)
+        spoken = await up.chat_text(ups, messages)
         if modality == "ttt":
             return modality, spoken, None, None
-    wave = await up.synthesize(spoken, voice)
+    wave = await ups.synthesize(spoken, voice)
     return modality, spoken, await asyncio.to_thread(encode_all, wave, "wav"), heard
 
 
@@ -118,7 +117,7 @@ def _wav(data: bytes, rid: str, modality: str) -> Response:
 @router.get("/audio", summary="Pollinations GET: speak text (tts), or any modality with ?modality=",
             responses={200: {"content": {"audio/wav": {}, "application/json": {}}}})
 async def audio_get(
-    request: Request,
+    ups: up.Ups,
     text: Annotated[str, Query(min_length=1, max_length=4096)],
     system: Annotated[str | None, Query(max_length=4000)] = None,
     voice: Annotated[str | None, Query(max_length=100)] = None,
@@ -127,7 +126,7 @@ async def audio_get(
     response_format: Annotated[str | None, Query(pattern=r"^(wav|json)$")] = None,
 ) -> Response:
     rid = uuid.uuid4().hex[:16]
-    mod, answer, wav, _ = await run(request, Job(text, system, voice, modality=modality))
+    mod, answer, wav, _ = await run(ups, Job(text, system, voice, modality=modality))
     if wav is None:
         return JSONResponse({"text": answer, "request_id": rid, "modality": mod})
     if response_format == "json":
@@ -161,9 +160,9 @@ def _job(body: PolRequest) -> Job:
 
 @router.post("/audio", summary="Pollinations POST: messages with text, voice, clone_audio_transcript, speech_audio",
              responses={200: {"content": {"audio/wav": {}, "application/json": {}}}})
-async def audio_post(body: PolRequest, request: Request) -> Response:
+async def audio_post(body: PolRequest, ups: up.Ups) -> Response:
     rid = uuid.uuid4().hex[:16]
-    mod, answer, wav, heard = await run(request, _job(body), consent=body.consent)
+    mod, answer, wav, heard = await run(ups, _job(body), consent=body.consent)
     message: dict[str, Any] = {"role": "assistant", "content": answer}
     if wav is not None:
         if body.response_format != "json":

@@ -1,72 +1,40 @@
-"""The gateway's calls to the STT, chat and TTS services (no model code here).
-
-Every call between services sends `service_headers()` (shared.security), the
-service's own credentials.
-"""
+"""What the gateway's API families share: the `Upstreams` dependency (the one way to
+reach STT, chat and TTS: services/server/upstreams.py), bounded reading of uploads, and
+the transcript, chat and voice helpers every family shapes its answers from."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from functools import lru_cache
-from typing import Any, Protocol, TypeVar
+from typing import Annotated, Any, Protocol, TypeVar
 
-import httpx
-import numpy as np
-from fastapi import Request
+from fastapi import Depends, Request
 from starlette.datastructures import FormData, UploadFile
+from starlette.requests import HTTPConnection
 
 from services.server.gateway.errors import GatewayError
-from shared.clients import TtsStream, UpstreamError
-from shared.config import ServerSettings
-from shared.security import service_headers
-from shared.text_chunker import TextChunker
+from services.server.upstreams import Upstreams
+from shared.clients import UpstreamError
 
 log = logging.getLogger("server.gateway")
 
 MAX_UPLOAD = 25_000_000  # OpenAI's own limit for audio uploads (25 MB), as the STT service's
 MAX_B64_AUDIO = MAX_UPLOAD * 4 // 3 + 4  # the same audio, base64 in a JSON body
-TTS_MAX_CHARS = 2000  # what one TTS request may hold (shared.protocol.TtsRequest)
 
 
-@lru_cache
-def settings() -> ServerSettings:
-    return ServerSettings()
+def upstreams(conn: HTTPConnection) -> Upstreams:
+    """The app's Upstreams (built at start-up), for HTTP routes and WebSockets alike."""
+    ups = getattr(conn.app.state, "upstreams", None)
+    if ups is None:
+        raise GatewayError(503, "the server is starting; retry shortly", code="not_ready")
+    return ups
 
 
-def deps(request: Request) -> Any:
-    return request.app.state.deps
-
-
-def _base(request: Request, service: str, fallback: str) -> str:
-    """One replica's base URL, through the session server's own client (it knows the replicas)."""
-    client = getattr(deps(request).services, service, None)
-    replicas = getattr(client, "replicas", None)
-    url = replicas.pick().url if replicas is not None else fallback
-    return str(url).split(",")[0].strip().rstrip("/")
-
-
-def stt_base(request: Request) -> str:
-    return _base(request, "stt", settings().stt_url)
-
-
-def chat_base(request: Request) -> str:
-    return _base(request, "chat", settings().chat_url)
-
-
-def tts_ws_url() -> str:
-    return settings().tts_url.split(",")[0].strip()
-
-
-def tts_http_url() -> str:
-    url = tts_ws_url().replace("ws://", "http://").replace("wss://", "https://")
-    return url.split("/tts/")[0].rstrip("/")
+Ups = Annotated[Upstreams, Depends(upstreams)]
 
 
 # ---------------------------------------------------------------- bounded input
@@ -146,7 +114,7 @@ class Transcript:
 
 
 async def transcribe(
-    request: Request, data: bytes, filename: str, content_type: str, *,
+    ups: Upstreams, data: bytes, filename: str, content_type: str, *,
     language: str | None = None, prompt: str | None = None, temperature: float | None = None,
 ) -> Transcript:
     """Any format the STT service decodes; it also resamples, so the gateway does not."""
@@ -159,19 +127,15 @@ async def transcribe(
         form["temperature"] = str(temperature)
     t0 = time.perf_counter()
     try:
-        r = await deps(request).http.post(stt_base(request) + "/transcribe", files={"file": (filename, data, content_type)},
-                            data=form, headers=service_headers())
-    except httpx.HTTPError as exc:
-        raise UpstreamError("stt", f"unreachable ({type(exc).__name__})") from exc
-    if r.status_code in (400, 415, 422):
-        log.info("stt rejected an upload: %s", r.text[:300])
-        raise GatewayError(400, "the audio could not be decoded: send WAV, FLAC, MP3, OGG/Opus, WebM or M4A", param="file",
-                           code="invalid_audio")
-    if r.status_code == 413:
-        raise GatewayError(413, "audio file larger than 25 MB", param="file", code="file_too_large")
-    if r.status_code != 200:
-        raise UpstreamError("stt", f"{r.status_code}: {r.text[:300]}", retryable=r.status_code >= 500)
-    body = r.json()
+        body = await ups.stt.transcribe_file(data, filename, content_type, form)
+    except UpstreamError as exc:
+        if exc.status in (400, 415, 422):
+            log.info("stt rejected an upload: %s", exc.detail)
+            raise GatewayError(400, "the audio could not be decoded: send WAV, FLAC, MP3, OGG/Opus, WebM or M4A", param="file",
+                               code="invalid_audio") from exc
+        if exc.status == 413:
+            raise GatewayError(413, "audio file larger than 25 MB", param="file", code="file_too_large") from exc
+        raise
     text = str(body.get("text", "")).strip()
     duration = float(body.get("duration") or 0.0)
     segments = [Segment(int(s.get("id", i)), float(s.get("start", 0.0)), float(s.get("end", duration)), str(s.get("text", "")).strip())
@@ -190,166 +154,43 @@ class _SttOptions(Protocol):
 Opts = TypeVar("Opts", bound=_SttOptions)
 
 
-async def transcribe_upload(request: Request, options: type[Opts]) -> tuple[Transcript, Opts]:
+async def transcribe_upload(request: Request, ups: Upstreams, options: type[Opts]) -> tuple[Transcript, Opts]:
     """A multipart upload (`file` plus form fields validated by `options`) transcribed:
     what every API family's speech-to-text route does before shaping its answer."""
     form = await read_form(request)
     data, filename, ctype = await read_upload(form, "file")
     opts = options.model_validate({k: v for k, v in form.multi_items() if isinstance(v, str)})  # type: ignore[attr-defined]
-    tr = await transcribe(request, data, filename, ctype, language=opts.language, prompt=opts.prompt, temperature=opts.temperature)
+    tr = await transcribe(ups, data, filename, ctype, language=opts.language, prompt=opts.prompt, temperature=opts.temperature)
     return tr, opts
 
 
 # ---------------------------------------------------------------- chat
 
 
-async def chat_stream(request: Request, messages: list[dict[str, str]], **options: Any) -> AsyncIterator[str]:
-    """Text deltas of the reply (the session server's chat client, so the same auth and errors)."""
+async def chat_stream(ups: Upstreams, messages: list[dict[str, str]], **options: Any) -> AsyncIterator[str]:
+    """Text deltas of the reply (the session server's chat client: the same auth, retries and errors)."""
     opts = {k: v for k, v in options.items() if v is not None}
-    async for delta in deps(request).services.chat.stream(messages, **opts):
+    async for delta in ups.chat.stream(messages, **opts):
         yield delta
 
 
-async def chat_text(request: Request, messages: list[dict[str, str]], **options: Any) -> str:
-    return "".join([d async for d in chat_stream(request, messages, **options)]).strip()
+async def chat_text(ups: Upstreams, messages: list[dict[str, str]], **options: Any) -> str:
+    return "".join([d async for d in chat_stream(ups, messages, **options)]).strip()
 
 
 # ---------------------------------------------------------------- TTS voices
 
-_catalog: tuple[float, list[dict[str, Any]] | None] = (0.0, None)
 
-
-async def voice_catalog(http: httpx.AsyncClient) -> list[dict[str, Any]] | None:
-    """GET tts/voices, cached 30 s; None when the TTS service has no catalog."""
-    global _catalog
-    if time.monotonic() - _catalog[0] < 30 and _catalog[1] is not None:
-        return _catalog[1]
-    try:
-        r = await http.get(tts_http_url() + "/voices", headers=service_headers(), timeout=5.0)
-        voices = r.json() if r.status_code == 200 else None
-    except (httpx.HTTPError, ValueError):
-        voices = None
-    if isinstance(voices, dict):
-        voices = voices.get("voices") or voices.get("data")
-    voices = [v for v in voices if isinstance(v, dict) and v.get("id")] if isinstance(voices, list) else None
-    _catalog = (time.monotonic(), voices)
-    return voices
-
-
-def _voice_ids(voices: list[dict[str, Any]] | None) -> set[str]:
-    ids = {"default"} | set(settings().openai_voice_map.values())
-    for v in voices or []:
-        ids.add(str(v["id"]))
-        ids.update(str(a) for a in v.get("aliases") or [])
-    return ids
-
-
-async def resolve_voice(http: httpx.AsyncClient, name: str | None, param: str = "voice") -> str | None:
+async def resolve_voice(ups: Upstreams, name: str | None, param: str = "voice") -> str | None:
     """An OpenAI voice name (through the configured map) or a catalog id, else 400. Never a path."""
     if not name:
         return None
-    mapped = settings().openai_voice_map.get(name.lower())
+    voice_map = ups.cfg.openai_voice_map
+    mapped = voice_map.get(name.lower())
     if mapped:
         return mapped
-    ids = _voice_ids(await voice_catalog(http))
+    ids = {"default"} | set(voice_map.values()) | (await ups.voices.ids() or set())
     if name in ids:
         return name
-    choices = sorted(ids | set(settings().openai_voice_map))
+    choices = sorted(ids | set(voice_map))
     raise GatewayError(400, f"unknown voice {name[:60]!r}; choose one of: {', '.join(choices)}", param=param, code="invalid_voice")
-
-
-# ---------------------------------------------------------------- TTS synthesis
-
-
-def split_text(text: str) -> list[str]:
-    """Pieces worth speaking: the first clause early (first audio sooner), then sentences,
-    none longer than one TTS request may be."""
-    chunker = TextChunker()
-    pieces = [*chunker.push(text.strip() + " "), *chunker.flush()]
-    out: list[str] = []
-    for p in pieces:
-        while len(p) > TTS_MAX_CHARS:
-            cut = p.rfind(" ", 0, TTS_MAX_CHARS)
-            cut = cut if cut > 0 else TTS_MAX_CHARS
-            out.append(p[:cut].strip())
-            p = p[cut:].strip()
-        if p:
-            out.append(p)
-    return out
-
-
-async def aiter_list(items: Iterable[str]) -> AsyncIterator[str]:
-    for x in items:
-        yield x
-
-
-_CHECK = object()
-
-
-async def speak(pieces: AsyncIterator[str], voice: str | None) -> AsyncIterator[str | np.ndarray]:
-    """Speak text pieces as they come (a chat stream, or a split text) over one TTS stream.
-
-    Yields each piece (str) when it is sent to TTS and the audio (24 kHz float32) as it
-    arrives, so callers can interleave transcript and audio. Leaving the loop closes
-    the TTS connection, which cancels the synthesis."""
-    tts = await TtsStream.connect(tts_ws_url())
-    q: asyncio.Queue[Any] = asyncio.Queue(maxsize=512)
-    count = {"sent": 0, "ended": 0, "done": 0}
-
-    async def feed() -> None:
-        async for text in pieces:
-            for part in split_text(text) if len(text) > TTS_MAX_CHARS else [text]:
-                await tts.speak(part, voice, str(count["sent"]))
-                count["sent"] += 1
-                await q.put(part)
-        count["done"] = 1
-        await q.put(_CHECK)
-
-    async def listen() -> None:
-        async for ev in tts.events():
-            if isinstance(ev, np.ndarray):
-                await q.put(ev)
-            elif ev.get("type") == "end":
-                count["ended"] += 1
-                await q.put(_CHECK)
-            elif ev.get("type") == "error":
-                raise UpstreamError("tts", str(ev.get("message", ""))[:300], retryable=False)
-        raise UpstreamError("tts", "connection closed before the audio ended")
-
-    async def guard(coro: Any) -> None:
-        try:
-            await coro
-        except Exception as exc:  # noqa: BLE001 - handed to the consumer, which raises it
-            await q.put(exc)
-
-    tasks = [asyncio.create_task(guard(feed())), asyncio.create_task(guard(listen()))]
-    try:
-        while True:
-            item = await q.get()
-            if isinstance(item, Exception):
-                raise item
-            if item is _CHECK:
-                if count["done"] and count["ended"] >= count["sent"]:
-                    return
-                continue
-            yield item
-    finally:
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
-        with contextlib.suppress(Exception):
-            await tts.close()
-
-
-async def speak_audio(text: str, voice: str | None) -> AsyncIterator[np.ndarray]:
-    """Only the audio of a fixed text, streamed as it is synthesized."""
-    async for item in speak(aiter_list(split_text(text)), voice):
-        if isinstance(item, np.ndarray):
-            yield item
-
-
-async def synthesize(text: str, voice: str | None) -> np.ndarray:
-    chunks = [c async for c in speak_audio(text, voice)]
-    return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)

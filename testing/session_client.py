@@ -176,7 +176,8 @@ class _Loopback:
 
     def __init__(self, n: int, gain: float, delay: float, rt60: float = 0.0, noise_dbfs: float | None = None) -> None:
         """`rt60` > 0: a synthetic room (shared.audio.room_impulse_response); `noise_dbfs`: hiss added."""
-        from shared.audio import resample, room_impulse_response, white_noise
+        from shared.audio import resample
+        from testing.audio import room_impulse_response, white_noise
 
         self._resample = resample
         self.buf = np.zeros(n + 16000 * 30, np.float32)

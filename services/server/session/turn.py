@@ -1,0 +1,394 @@
+"""One user turn and the assistant's reply: STT -> chat (streamed) -> chunker -> TTS (streamed).
+
+A turn may start speculatively, at a short pause: it computes everything but holds
+its output until it is confirmed (the user stayed silent). Cancelling its task stops
+chat generation (the HTTP stream closes) and TTS (its socket closes).
+
+Its collaborators are handed to it: the transcriber and the prompt at each speculation,
+the outbox its output goes to, and who to tell how it ended (`Outcome`). Nothing
+outside writes its fields: the turn-taker asks it to speculate, listen again, confirm
+or end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from services.server.session.channel import Audio, Outbox
+from shared.clients import ChatClient, Speech, SpeechAudio, UpstreamError
+from shared.logs import TURN_LOG, user_text
+from shared.metrics import SESSION_ERRORS, TURN_STAGE, TURNS
+from shared.protocol import ErrorOut, Metrics, ResponseText, TranscriptOut, TtsStreamEnd, _Out
+from shared.text_chunker import TextChunker
+
+log = logging.getLogger("server.turn")
+F32 = 4  # bytes per output sample (24 kHz float32 LE)
+
+Transcriber = Callable[[], Awaitable[str]]
+Prompt = list[dict[str, str]]  # the conversation so far (system prompt first); the user's words are added
+
+
+def usable_transcript(text: str) -> bool:
+    return sum(c.isalnum() for c in text) >= 2
+
+
+@dataclass
+class TurnDeps:
+    """What every turn of a session shares."""
+
+    chat: ChatClient
+    open_speech: Callable[[str | None], Awaitable[Speech]]  # a voice -> one answer's speech (Upstreams.open_speech)
+    outbox: Outbox
+    on_audio_sent: Callable[[int, bytes], None]  # (turn id, pcm): the client has it (play clock, echo reference)
+    voice: str | None
+    max_tokens: int = 60
+    first_chunk_max_words: int = 5
+
+
+@dataclass
+class Piece:
+    text: str
+    samples: int = 0
+
+
+class TurnState(StrEnum):
+    LISTENING = "listening"  # the user is speaking; live captions
+    SPECULATING = "speculating"  # the user paused: the answer is computed, its output held
+    CONFIRMED = "confirmed"  # the user finished: output is released as it comes
+    SPEAKING = "speaking"  # audio of the answer has gone out
+    DONE = "done"  # everything was sent (the client may still be playing it)
+    INTERRUPTED = "interrupted"  # the user spoke over the answer: cut, what was heard is kept
+    MERGED = "merged"  # the user had not finished: forgotten, a later turn `replaces` it
+    DROPPED = "dropped"  # never confirmed (the session ended, or nothing usable was said)
+
+
+class Outcome(StrEnum):
+    """How a turn's pipeline ended, reported once to `on_end`."""
+
+    ANSWERED = "answered"  # the whole reply was produced
+    NOTHING = "nothing"  # no usable words: no reply
+    FAILED = "failed"  # a service failed (the client was told)
+    CANCELLED = "cancelled"  # stopped from outside (listen again, interrupt, close)
+
+
+_NEXT: dict[TurnState, set[TurnState]] = {
+    TurnState.LISTENING: {TurnState.SPECULATING, TurnState.DROPPED},
+    TurnState.SPECULATING: {TurnState.LISTENING, TurnState.CONFIRMED, TurnState.DROPPED},
+    TurnState.CONFIRMED: {TurnState.SPEAKING, TurnState.DONE, TurnState.INTERRUPTED, TurnState.MERGED},
+    TurnState.SPEAKING: {TurnState.DONE, TurnState.INTERRUPTED, TurnState.MERGED},
+    TurnState.DONE: {TurnState.INTERRUPTED, TurnState.MERGED},  # its audio may still be playing
+}
+_ENDED = {TurnState.INTERRUPTED, TurnState.MERGED, TurnState.DROPPED}
+
+
+class Turn:
+    """One user turn, from its first word to the end of the answer: an explicit state machine.
+
+    The turn is created when the user starts speaking (LISTENING). At each pause it
+    speculates: transcript, chat and TTS run with their output held; if the user goes on,
+    that work is dropped and the turn listens again, keeping its id. Confirmation releases
+    the held output."""
+
+    def __init__(self, turn_id: int, deps: TurnDeps, on_end: Callable[[Turn, Outcome], None], *,
+                 text: str | None = None, replaces: int | None = None) -> None:
+        self.id = turn_id
+        self.deps = deps
+        self._on_end = on_end
+        self.typed = text
+        self.replaces = replaces
+        self.state = TurnState.LISTENING
+        self.by_words = False  # speculating because the words stopped, not the sound (a noisy room)
+        self._recorded = False
+        self.task: asyncio.Task[None] | None = None
+        self._fresh(time.perf_counter())
+
+    def _fresh(self, speech_end: float) -> None:
+        """What one speculation computes; dropped when the user goes on."""
+        self.speech_end = speech_end  # wall clock (perf_counter) of the user's last voiced sample
+        self.transcript = self.typed
+        self.marks: dict[str, float] = {}
+        self.pieces: list[Piece] = []
+        self.reply = ""
+        self.end_of_turn: float | None = None  # chat engine's P(the user's sentence is finished)
+        self.judged = asyncio.Event()  # transcript and the language model's estimate known (or unavailable)
+        self.sounds_finished: float | None = None  # Smart Turn's P(finished) from the sound of the speech
+        self.heard = asyncio.Event()  # ... known (or unavailable)
+        self._listener: asyncio.Task[None] | None = None
+        self.finished = False
+        self._pending: list[_Out | Audio] = []  # held until confirmed
+        self._ended = 0  # TTS pieces fully received
+        self.outcome: Outcome | None = None  # set once the pipeline ended
+
+    # ------------------------------------------------------------------ state
+
+    def advance(self, new: TurnState) -> None:
+        if new not in _NEXT.get(self.state, set()):
+            raise RuntimeError(f"turn {self.id}: {self.state} -> {new} is not a transition")
+        log.debug("turn %d: %s -> %s", self.id, self.state, new)
+        self.state = new
+
+    @property
+    def confirmed(self) -> bool:
+        return self.state in (TurnState.CONFIRMED, TurnState.SPEAKING, TurnState.DONE)
+
+    @property
+    def interrupted(self) -> bool:
+        """Cut or forgotten: nothing more of this turn may reach the client."""
+        return self.state in _ENDED
+
+    @property
+    def open(self) -> bool:
+        """Still part of the user's utterance (not yet confirmed)."""
+        return self.state in (TurnState.LISTENING, TurnState.SPECULATING)
+
+    def speculate(self, speech_end: float, transcribe: Transcriber, prompt: Prompt,
+                  sounds: Callable[[], Awaitable[float | None]] | None = None, by_words: bool = False) -> None:
+        """The user paused: compute the answer now, its output held until confirm();
+        `sounds` asks how finished the speech sounds."""
+        self.advance(TurnState.SPECULATING)
+        self._fresh(speech_end)
+        self.by_words = by_words
+        self.mark("created")
+        self.task = asyncio.create_task(self._run(transcribe, prompt))
+        if sounds is None:
+            self.heard.set()
+        else:
+            self._listener = asyncio.create_task(self._hear(sounds))
+
+    async def _hear(self, sounds: Callable[[], Awaitable[float | None]]) -> None:
+        try:
+            self.sounds_finished = await sounds()
+        except Exception as exc:  # an optional cue: the words still decide
+            log.info("turn %d: no audio end-of-turn estimate (%s)", self.id, exc)
+        finally:
+            self.mark("sounds_finished")
+            self.heard.set()
+
+    async def listen_again(self) -> None:
+        """The user goes on: forget the speculative answer; the turn keeps listening."""
+        await self.cancel()
+        self.advance(TurnState.LISTENING)
+
+    async def cancel(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+        task, self.task = self.task, None
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def end(self, state: TurnState) -> None:
+        """INTERRUPTED, MERGED or DROPPED (idempotent: a turn ends once)."""
+        if self.state not in _ENDED:
+            self.advance(state)
+
+    # ------------------------------------------------------------------ output gating
+
+    def mark(self, name: str) -> None:
+        self.marks.setdefault(name, (time.perf_counter() - self.speech_end) * 1000)
+
+    def _live(self) -> bool:
+        return not self.interrupted
+
+    def emit(self, msg: _Out) -> None:
+        if self.confirmed:
+            self.deps.outbox.put(msg, self._live)
+        elif not self.interrupted:
+            self._pending.append(msg)
+
+    async def emit_audio(self, pcm: bytes) -> None:
+        item = Audio(self.id, pcm, self._live, self._sent)
+        if self.confirmed:
+            await self.deps.outbox.audio(item)  # waits while the client is far behind
+        elif not self.interrupted:
+            self._pending.append(item)
+
+    def _sent(self, pcm: bytes) -> None:
+        if self.state == TurnState.CONFIRMED:
+            self.advance(TurnState.SPEAKING)
+        self.mark("first_audio_sent")
+        self.deps.on_audio_sent(self.id, pcm)
+
+    def confirm(self) -> None:
+        """The user's turn is over: release everything held back (queued, never awaited:
+        this runs on the input path), and stream from now on."""
+        if self.state != TurnState.SPECULATING:
+            return
+        self.mark("confirmed")
+        self.advance(TurnState.CONFIRMED)
+        for item in self._pending:
+            if isinstance(item, Audio):
+                self.deps.outbox.put_audio(item)
+            else:
+                self.deps.outbox.put(item, self._live)
+        self._pending.clear()
+        if self.finished:
+            self._complete()
+
+    def _complete(self) -> None:
+        """Everything the turn had is queued: DONE, and its timings go out."""
+        self.mark_done()
+        self.deps.outbox.put(Metrics(turn_id=self.id, stages=self.stages()), self._live)
+
+    def mark_done(self) -> None:
+        """Everything the turn had was sent (it may have had nothing: no usable words)."""
+        if self.state in (TurnState.CONFIRMED, TurnState.SPEAKING):
+            self.advance(TurnState.DONE)
+
+    def stages(self) -> dict[str, float]:
+        return {k: round(v, 1) for k, v in self.marks.items()}
+
+    def record(self, outcome: str) -> None:
+        """Into the Prometheus metrics, once: how the turn ended and when each stage came."""
+        if self._recorded:
+            return
+        self._recorded = True
+        TURNS.labels(outcome=outcome).inc()
+        for stage, ms in self.marks.items():
+            TURN_STAGE.labels(stage=stage).observe(max(ms, 0.0) / 1000)
+
+    # ------------------------------------------------------------------ pipeline
+
+    async def _run(self, transcribe: Transcriber, prompt: Prompt) -> None:
+        TURN_LOG.set(self.id)  # this task's own context: every line it logs names the turn
+        try:
+            outcome = await self._pipeline(transcribe, prompt)
+        except Exception:  # a bug must not leave the session "speaking" forever
+            log.exception("turn %d crashed", self.id)
+            self.emit(_error("internal", "this turn failed; please say it again"))
+            outcome = Outcome.FAILED
+        finally:
+            self.judged.set()
+        self.outcome = outcome
+        self._on_end(self, outcome)
+
+    async def _pipeline(self, transcribe: Transcriber, prompt: Prompt) -> Outcome:
+        speech: Speech | None = None
+        opening: asyncio.Future[Speech] = asyncio.ensure_future(self.deps.open_speech(self.deps.voice))  # in parallel with STT
+        try:
+            if self.transcript is None:
+                self.transcript = await transcribe()
+            self.mark("stt")
+            if not usable_transcript(self.transcript):
+                return Outcome.NOTHING
+            self.emit(TranscriptOut(turn_id=self.id, text=self.transcript, replaces=self.replaces))
+            try:
+                speech = await opening
+            except UpstreamError as exc:  # no voice, but the user still gets the text
+                log.warning("turn %d: %s; answering in text only", self.id, exc)
+                self.emit(_error("tts_failed", f"{exc.message}; answering in text only"))
+            await self._reply(speech, [*prompt, {"role": "user", "content": self.transcript}])
+            self.emit(TtsStreamEnd(turn_id=self.id))
+            self.mark("done")
+            self.finished = True
+            if self.confirmed:  # else confirm() completes it, with the release time in
+                self._complete()
+            log.info("turn %d: %s -> %s | %s", self.id, user_text(self.transcript), user_text(self.reply), _fmt(self.marks))
+            return Outcome.ANSWERED
+        except UpstreamError as exc:
+            log.warning("turn %d failed: %s", self.id, exc)
+            self.emit(_error(f"{exc.service}_failed", exc.message))
+            self.emit(TtsStreamEnd(turn_id=self.id))
+            return Outcome.FAILED
+        finally:
+            opening.cancel()
+            if speech is None and opening.done() and not opening.cancelled() and opening.exception() is None:
+                speech = opening.result()
+            if speech is not None:
+                _close_later(speech)  # closing is the cancel; a barge-in awaits this task on the input path
+
+    async def _reply(self, speech: Speech | None, messages: Prompt) -> None:
+        """Chat deltas to the client as text, cut into pieces for the speech; returns once all is spoken."""
+        chunker = TextChunker(first_max_words=self.deps.first_chunk_max_words)
+        chat_done = asyncio.Event()
+        player = asyncio.create_task(self._play(speech, chat_done)) if speech is not None else None
+        try:
+            async for delta in self.deps.chat.stream(messages, self._on_end_of_turn, max_tokens=self.deps.max_tokens):
+                self.mark("first_token")
+                self.judged.set()  # engines that cannot estimate the end of turn send none
+                self.reply += delta
+                self.emit(ResponseText(turn_id=self.id, text=delta))
+                if speech is not None:
+                    for piece in chunker.push(delta):
+                        await self._say(speech, piece)
+            if speech is not None:
+                for piece in chunker.flush():
+                    await self._say(speech, piece)
+            chat_done.set()
+            if player is not None and self._ended < len(self.pieces):
+                await player  # raises UpstreamError when the speech cannot go on
+        finally:
+            if player is not None and not player.done():
+                player.cancel()
+                with contextlib.suppress(asyncio.CancelledError, UpstreamError):
+                    await player
+
+    def _on_end_of_turn(self, probability: float) -> None:
+        self.end_of_turn = probability
+        self.mark("end_of_turn")
+        self.judged.set()
+
+    async def _say(self, speech: Speech, text: str) -> None:
+        self.mark("first_chunk")
+        self.pieces.append(Piece(text))
+        await speech.say(text)
+
+    async def _play(self, speech: Speech, chat_done: asyncio.Event) -> None:
+        """The speech's audio to the client, piece by piece, until every piece has ended."""
+        async for ev in speech.events():
+            if isinstance(ev, SpeechAudio):
+                self.mark("first_tts_audio")
+                self.pieces[ev.piece].samples += len(ev.pcm) // F32
+                await self.emit_audio(ev.pcm)
+                continue
+            if ev.error:
+                log.warning("turn %d: TTS error: %s", self.id, ev.error)
+                self.emit(_error("tts_failed", ev.error[:200]))
+            self._ended += 1
+            if chat_done.is_set() and self._ended >= len(self.pieces):
+                return
+
+    # ------------------------------------------------------------------ after an interruption
+
+    def spoken_text(self, played_samples: int) -> str:
+        """The part of the reply the user heard: whole pieces, then a share of the words of the cut one."""
+        out, left = [], played_samples
+        for p in self.pieces:
+            if left <= 0:
+                break
+            if left >= p.samples:
+                out.append(p.text)
+            else:
+                words = p.text.split()
+                out.append(" ".join(words[: int(len(words) * left / max(p.samples, 1))]))
+            left -= p.samples
+        return " ".join(w for w in out if w).strip()
+
+
+_closing: set[asyncio.Task[None]] = set()
+
+
+def _close_later(speech: Speech) -> None:
+    async def close() -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(speech.close(), 5.0)
+
+    task = asyncio.create_task(close())
+    _closing.add(task)  # keep a reference until it is done
+    task.add_done_callback(_closing.discard)
+
+
+def _error(code: str, message: str) -> ErrorOut:
+    SESSION_ERRORS.labels(code=code).inc()
+    return ErrorOut(code=code, message=message, recoverable=True)
+
+
+def _fmt(marks: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.0f}ms" for k, v in marks.items())

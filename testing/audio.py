@@ -1,0 +1,22 @@
+"""Audio simulators for tests and benchmarks: a synthetic room (for echo) and noise."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from shared.audio import STT_RATE
+
+
+def room_impulse_response(rt60: float, rate: int = STT_RATE, drr_db: float = 0.0, seed: int = 0) -> np.ndarray:
+    """A synthetic room: a direct path, then exponentially decaying noise (60 dB down at `rt60`)
+    carrying `drr_db` less energy than the direct path (0 dB: as much). For echo simulations."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(1, int(rt60 * rate)) / rate
+    tail = rng.standard_normal(len(t)) * np.exp(-6.9 * t / rt60)
+    tail *= np.sqrt(10 ** (-drr_db / 10) / np.sum(tail**2))
+    return np.concatenate([[1.0], tail]).astype(np.float32)
+
+
+def white_noise(n: int, level_dbfs: float, seed: int = 0) -> np.ndarray:
+    """Gaussian noise at `level_dbfs` RMS."""
+    return (np.random.default_rng(seed).standard_normal(n) * 10 ** (level_dbfs / 20)).astype(np.float32)

@@ -1,0 +1,160 @@
+"""The turn-taker and its turns with fakes for chat and speech and a fake clock: what is
+held, what is released, what an interruption keeps. No models, no sockets."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from services.server.echo import EchoGuard
+from services.server.session.channel import Outbox
+from services.server.session.playout import Playout
+from services.server.session.turn import Outcome, TurnDeps, TurnState
+from services.server.session.turn_taker import TurnTaker
+from shared.config import ServerSettings
+from shared.protocol import Interrupted, Metrics, ResponseText, TranscriptOut, TtsStreamEnd
+from testing.fakes import FakeChat, FakeClock, FakeSpeeches, RecordingChannel
+
+CFG = ServerSettings(streaming_stt=False, end_of_turn_policy="text")
+
+
+class Rig:
+    def __init__(self, reply: str = "Sure. Here is my answer to you, in a few short words.", p_end: float | None = 0.9) -> None:
+        self.clock = FakeClock()
+        self.channel = RecordingChannel()
+        self.outbox = Outbox(self.channel, on_gone=lambda: None)
+        self.outbox.start()
+        self.playout = Playout(EchoGuard(), self.clock)
+        self.chat, self.speeches = FakeChat(reply, p_end), FakeSpeeches(samples_per_piece=4800)  # 0.2 s a piece
+        deps = TurnDeps(chat=self.chat, open_speech=self.speeches, outbox=self.outbox,  # type: ignore[arg-type]
+                        on_audio_sent=self.playout.on_sent, voice=None)
+        self.tt = TurnTaker(deps, self.playout, CFG, "You are terse.", clock=self.clock)
+
+    def speculate(self, text: str) -> None:
+        async def transcribe() -> str:
+            return text
+
+        self.tt.speculate(self.clock(), transcribe, None)
+
+    async def settle(self) -> None:
+        """Let the turn's task and the outbox's writer run to quiet."""
+        for _ in range(50):
+            await asyncio.sleep(0)
+        await self.outbox.drain()
+
+
+async def test_a_speculated_answer_is_held_until_confirmed_then_released_in_order():
+    rig = Rig()
+    turn = rig.tt.open_turn()
+    rig.speculate("What time is it?")
+    assert turn.state == TurnState.SPECULATING
+    await rig.settle()
+    assert turn.outcome == Outcome.ANSWERED and rig.channel.sent == []  # all computed, nothing out
+    await rig.tt.promote(turn)
+    await rig.settle()
+    kinds = rig.channel.types()
+    assert kinds[0] == "transcript" and kinds[-2:] == ["tts_stream_end", "metrics"]
+    assert "audio" in kinds and kinds.index("response_text") < kinds.index("audio")
+    assert rig.channel.of(TranscriptOut)[0].text == "What time is it?"
+    assert "".join(m.text for m in rig.channel.of(ResponseText)) == rig.chat.reply
+    assert all(t == turn.id for t, _ in (m for m in rig.channel.sent if isinstance(m, tuple)))
+    assert rig.tt.active is None and rig.tt.last is turn and turn.state == TurnState.DONE
+    assert rig.tt.prompt()[-2:] == [{"role": "user", "content": "What time is it?"}, {"role": "assistant", "content": rig.chat.reply}]
+
+
+async def test_the_user_going_on_drops_the_held_answer_and_the_turn_keeps_its_id():
+    rig = Rig()
+    turn = rig.tt.open_turn()
+    rig.speculate("I would like to")
+    await rig.settle()
+    assert await rig.tt.resumed() and turn.state == TurnState.LISTENING
+    rig.speculate("I would like to book a table.")
+    await rig.tt.promote(turn)
+    await rig.settle()
+    assert [m.text for m in rig.channel.of(TranscriptOut)] == ["I would like to book a table."]
+    assert rig.channel.of(TranscriptOut)[0].turn_id == turn.id
+    assert rig.chat.prompts[-1][-1]["content"] == "I would like to book a table."
+
+
+async def test_an_interruption_keeps_in_memory_only_what_was_heard():
+    rig = Rig()
+    turn = rig.tt.open_turn()
+    rig.speculate("Tell me a story.")
+    await rig.tt.promote(turn)
+    await rig.settle()
+    pieces = rig.speeches.opened[0].said
+    assert len(pieces) >= 2
+    assert rig.tt.speaking()  # all sent, still playing on the client
+    rig.clock.advance(0.25)  # the first piece (0.2 s) and a quarter of the second were heard
+    await rig.tt.interrupt()
+    await rig.settle()
+    (cut,) = rig.channel.of(Interrupted)
+    assert cut.turn_id == turn.id and cut.played_ms == pytest.approx(250, abs=1)
+    assert isinstance(rig.channel.sent[-1], Metrics)
+    heard = rig.tt.prompt()[-1]["content"]
+    assert heard.startswith(pieces[0]) and len(heard) < len(rig.chat.reply)
+    assert not rig.tt.speaking() and turn.state == TurnState.INTERRUPTED
+    rig.tt.ack(turn.id, 100.0)  # an ack still in flight for the cut turn does not restart the play clock
+    assert not rig.playout.playing()
+
+
+async def test_an_interrupted_turn_sends_nothing_more():
+    rig = Rig()
+    rig.chat.delay = 0.01  # still generating when cut
+    turn = rig.tt.open_turn()
+    rig.speculate("Tell me a long story.")
+    await rig.tt.promote(turn)
+    await asyncio.sleep(0.03)
+    await rig.tt.interrupt()
+    n = len(rig.channel.sent)
+    await asyncio.sleep(0.2)
+    await rig.settle()
+    after = rig.channel.sent[n:]
+    assert all(isinstance(m, (Interrupted, Metrics)) for m in after), after
+    assert rig.speeches.opened and rig.speeches.opened[0].said != []
+
+
+async def test_an_early_answer_the_user_talks_over_is_merged_into_one_turn():
+    rig = Rig()
+    turn = rig.tt.open_turn()
+    rig.speculate("I went to the shop.")
+    await rig.settle()
+    assert rig.tt.verdict(turn) == "finished" and rig.tt.wait_for(turn) == CFG.confirm_silence
+    assert not await rig.tt.end_if_due(CFG.confirm_silence - 0.05, stalled=False)
+    assert await rig.tt.end_if_due(CFG.confirm_silence, stalled=False)
+    assert rig.tt.early is turn
+    await rig.settle()
+    await rig.tt.merge_early()  # the user went on: the early answer is cut and forgotten
+    await rig.settle()
+    assert turn.state == TurnState.MERGED and rig.tt.early is None
+    nxt = rig.tt.current
+    assert nxt is not None and nxt.replaces == turn.id and nxt.id == turn.id + 1
+    assert rig.tt.prompt() == [{"role": "system", "content": "You are terse."}]  # nothing of the merged turn is remembered
+    assert rig.channel.of(Interrupted)[0].turn_id == turn.id
+
+
+async def test_how_long_a_turn_waits_follows_what_its_words_say():
+    rig = Rig(p_end=None)
+    turn = rig.tt.open_turn()
+    rig.speculate("and then I")
+    assert rig.tt.wait_for(turn) == rig.tt.turn_cap  # nothing known yet: unsure
+    await rig.settle()
+    assert rig.tt.verdict(turn) == "unsure"  # words unfinished
+    assert await rig.tt.end_if_due(0.0, stalled=True)  # the client stopped sending: over at once
+
+
+async def test_a_typed_message_is_a_whole_turn():
+    rig = Rig()
+    await rig.tt.typed("Hello there.")
+    await rig.settle()
+    assert rig.channel.of(TranscriptOut)[0].text == "Hello there." and rig.channel.of(TtsStreamEnd)
+
+
+async def test_no_usable_words_is_no_reply():
+    rig = Rig()
+    turn = rig.tt.open_turn()
+    rig.speculate(" .")
+    await rig.tt.promote(turn)
+    await rig.settle()
+    assert turn.outcome == Outcome.NOTHING and rig.channel.sent == [] and rig.tt.active is None
