@@ -4,6 +4,7 @@
     python bench/latency.py --sets long --limit 4    # one set, its first 4 utterances
     python bench/latency.py --no-start --base-port 8000   # services already running there
     python bench/latency.py --sets plain --baseline  # plus the naive sequential pipeline
+    python bench/latency.py --transport twilio       # each utterance a phone call (bench/phone.py)
 
 Sets (bench/speech_sets.py): "plain" = the corpus clips as recorded; "long" = 2-4 clips
 of one speaker joined into 6-15 s with 150-400 ms pauses; "unfinished" = a clip with a
@@ -38,6 +39,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import phone  # noqa: E402
 from bench.speech_sets import NAMES, Utterance, answer_latency, answer_stages, build, final_transcripts, pct  # noqa: E402
 from services.server.agents import AgentBook  # noqa: E402
 from shared.audio import float_to_pcm16  # noqa: E402
@@ -188,8 +190,11 @@ def main() -> None:
     ap.add_argument("--no-start", action="store_true", help="use services already running at --base-port")
     ap.add_argument("--base-port", type=int, default=8000, help="server port; stt, chat, tts on the next three")
     ap.add_argument("--baseline", action="store_true", help="also time the naive sequential pipeline (plain set)")
-    ap.add_argument("--json", default=str(ROOT / "bench" / "results" / "latency.json"))
+    ap.add_argument("--transport", choices=["ws", "twilio"], default="ws",
+                    help="the session WebSocket, or phone calls over Twilio Media Streams (bench/phone.py)")
+    ap.add_argument("--json", default=None, help="default bench/results/latency.json (latency-twilio.json)")
     args = ap.parse_args()
+    args.json = args.json or str(ROOT / "bench" / "results" / ("latency.json" if args.transport == "ws" else "latency-twilio.json"))
     sets = build([s for s in args.sets.split(",") if s], args.limit)
     env = system_env(args.base_port)
     urls = {n: f"http://127.0.0.1:{env[f'{n.upper()}_PORT']}" for n in SERVICES}
@@ -200,6 +205,8 @@ def main() -> None:
         for u in urls.values():
             wait_ready(u, 10)
     ws = urls["server"].replace("http://", "ws://") + "/ws/"
+    if args.transport == "twilio":
+        return phone_main(sets, urls, proc, args.json)
     rows, mem, naive = {}, {}, {}
     try:
         for name, utts in sets.items():
@@ -220,6 +227,22 @@ def main() -> None:
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=1))
     print(f"wrote {args.json}")
+
+
+def phone_main(sets: dict[str, list[Utterance]], urls: dict[str, str], proc: object, json_path: str) -> None:
+    url = urls["server"].replace("http://", "ws://") + "/telephony/twilio"
+    texts = [u.reference for u in next(iter(sets.values()))][:8]
+    try:
+        rows = {name: asyncio.run(phone.run_set(name, utts, url)) for name, utts in sets.items()}
+        spoken = phone.speak(urls["tts"], texts)
+    finally:
+        if proc is not None:
+            stop_system(proc)  # type: ignore[arg-type]
+    speech = phone.reply_wer(texts, spoken)
+    out = {name: phone.report(name, rows[name], speech) for name in sets}
+    Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(json_path).write_text(json.dumps(out, indent=1))
+    print(f"wrote {json_path}")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,16 @@ def pcm16_to_float(pcm: bytes | np.ndarray) -> np.ndarray:
     return pcm.astype(np.float32) / 32768.0
 
 
+def as_float(x: np.ndarray) -> np.ndarray:
+    """float32 samples as they are; int16 scaled to [-1, 1) (for analysis, not for the wire)."""
+    return pcm16_to_float(x) if x.dtype == np.int16 else x
+
+
+def as_pcm16(x: np.ndarray) -> np.ndarray:
+    """int16 samples as they are; float converted (what STT's `audio/l16` wants)."""
+    return x if x.dtype == np.int16 else float_to_pcm16(x)
+
+
 def float_to_pcm16(x: np.ndarray) -> np.ndarray:
     """float32 in [-1, 1] to int16, clipped (never wraps around)."""
     return (np.clip(x, -1.0, 32767 / 32768) * 32768.0).round().astype(np.int16)
@@ -78,6 +88,7 @@ def active_level(x: np.ndarray, hop: int = 160) -> float:
     n = len(x) // hop
     if n == 0:
         return -100.0
+    x = as_float(x)
     power = np.mean(np.square(x[: n * hop].reshape(n, hop), dtype=np.float64), axis=1)
     return float(10.0 * np.log10(np.percentile(power, 90) + _EPS))
 

@@ -20,7 +20,7 @@ import httpx
 import numpy as np
 import websockets
 
-from shared.audio import f32le_to_float, float_to_pcm16
+from shared.audio import as_pcm16, f32le_to_float
 from shared.replicas import Replica, ReplicaError, Replicas, on_replicas, streamed
 from shared.security import service_headers
 from shared.service import ServiceError
@@ -75,10 +75,6 @@ class SttClient:
     def __init__(self, http: httpx.AsyncClient, target: str | Replicas) -> None:
         self.http, self.replicas = http, Replicas.of("stt", target)
 
-    @property
-    def url(self) -> str:
-        return self.replicas.pick().url.rstrip("/") + "/transcribe"
-
     async def _post(self, path: str, answered: Callable[[httpx.Response], bool] = lambda r: r.status_code == 200,
                     **kwargs: Any) -> httpx.Response:
         """POST to a replica (with the retry policy); `answered` says which answers are not failures."""
@@ -94,8 +90,8 @@ class SttClient:
         return await on_replicas(self.replicas, once)
 
     async def transcribe(self, audio: np.ndarray) -> str:
-        """16 kHz float32 in; sent as raw int16 PCM (no container to decode)."""
-        pcm = float_to_pcm16(audio).tobytes()
+        """16 kHz int16 (as the socket sent it) or float32; sent as raw int16 PCM (no container to decode)."""
+        pcm = as_pcm16(audio).tobytes()
         r = await self._post("/transcribe", files={"audio_file": ("utterance.pcm", pcm, "audio/l16")})
         return str(r.json()["text"]).strip()
 
@@ -108,7 +104,7 @@ class SttClient:
 
     async def end_of_turn(self, audio: np.ndarray) -> float | None:
         """Smart Turn's P(the speech sounds finished) for the last 8 s; None if the model is not there."""
-        pcm = float_to_pcm16(audio[-8 * 16000 :]).tobytes()
+        pcm = as_pcm16(audio[-8 * 16000 :]).tobytes()
 
         def answered(r: httpx.Response) -> bool:
             return r.status_code == 200 or (r.status_code == 503 and not r.json().get("retryable", True))  # 503: not installed
@@ -120,10 +116,6 @@ class SttClient:
 class ChatClient:
     def __init__(self, http: httpx.AsyncClient, target: str | Replicas) -> None:
         self.http, self.replicas = http, Replicas.of("chat", target)
-
-    @property
-    def url(self) -> str:
-        return self.replicas.pick().url.rstrip("/") + "/v1/chat/completions"
 
     def _completions(self, replica: Replica) -> str:
         return replica.url.rstrip("/") + "/v1/chat/completions"

@@ -170,6 +170,9 @@ class GuardConfig:
     max_body_bytes: int
     origins: list[str] | None = None  # None: no Origin check (services other than the gateway)
     token_paths: str | None = None  # WebSocket path prefix where `?token=` is accepted, e.g. "/ws/"
+    # path prefix whose requests a provider signs (Twilio): without a key they reach the route,
+    # marked `signature_required`, and the route checks the provider's signature itself
+    signed_paths: str | None = None
 
 
 class Guard:
@@ -189,7 +192,11 @@ class Guard:
         if kind == "websocket" and self.cfg.origins is not None and not origin_allowed(headers, self.cfg.origins):
             return await self._deny(scope, receive, send, 403, "origin", "this Origin is not allowed to open a session")
         kid = ANONYMOUS
-        if self.keys.enabled:
+        state = scope.setdefault("state", {})
+        if self.keys.enabled and self.cfg.signed_paths and path.startswith(self.cfg.signed_paths) \
+                and presented_key(headers) is None:
+            kid, state["signature_required"] = "signed", True  # the route checks the provider's signature
+        elif self.keys.enabled:
             found = self._authenticate(scope, headers, path)
             if isinstance(found, tuple):
                 return await self._deny(scope, receive, send, *found)
@@ -197,7 +204,7 @@ class Guard:
             if (wait := self.limiter.check(kid)) is not None:
                 return await self._deny(scope, receive, send, 429, "rate_limited", "too many requests for this key",
                                         {"Retry-After": str(max(1, round(wait + 0.5)))})
-        scope.setdefault("state", {})["key_id"] = kid
+        state["key_id"] = kid
         if kind == "http":
             length = headers.get("content-length")
             if length is not None and (not length.isdigit() or int(length) > self.cfg.max_body_bytes):

@@ -56,6 +56,7 @@ def create_service(
     max_body_mb: float = 1.0,
     origins: list[str] | None = None,
     token_paths: str | None = None,
+    signed_paths: str | None = None,
     on_drain: Callable[[], Awaitable[None]] | None = None,
     ws_max_size: int = 2**24,
 ) -> tuple[FastAPI, Readiness]:
@@ -132,7 +133,7 @@ def create_service(
 
     keys, tokens = credentials_from_env()
     app.state.keys, app.state.tokens = keys, tokens  # the server mints tokens with the guard's signer
-    app.add_middleware(Guard, config=GuardConfig(name, int(max_body_mb * 1e6), origins, token_paths), keys=keys, tokens=tokens)
+    app.add_middleware(Guard, config=GuardConfig(name, int(max_body_mb * 1e6), origins, token_paths, signed_paths), keys=keys, tokens=tokens)
     app.add_middleware(_Measured, service=name)
     return app, state
 

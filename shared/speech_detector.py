@@ -19,7 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
-from shared.audio import STT_RATE, rms_dbfs
+from shared.audio import STT_RATE, as_float, rms_dbfs
 
 
 @dataclass(frozen=True)
@@ -137,7 +137,7 @@ class AudioSpeechDetector:
         self.cfg = cfg or DetectorConfig()
         self.clf = classifier or EnergyClassifier(self.cfg)
         self.hop = self.clf.hop
-        self._pending = np.zeros(0, np.float32)
+        self._pending = np.zeros(0, np.int16)  # the samples' type is the caller's (the session: int16 from the socket)
         self._samples = 0  # samples consumed (stream clock)
         self._preroll: deque[np.ndarray] = deque(maxlen=max(1, round(self.cfg.pre_roll * STT_RATE / self.hop)))
         self._reset()
@@ -169,8 +169,12 @@ class AudioSpeechDetector:
         return self._silence / STT_RATE if self.in_speech else 0.0
 
     def push(self, pcm: np.ndarray) -> list[SpeechEvent]:
-        """Feed float32 16 kHz audio of any length; returns the events it completed."""
-        buf = np.concatenate([self._pending, pcm.astype(np.float32, copy=False)])
+        """Feed 16 kHz audio of any length, int16 or float32 (one type per stream); returns the
+        events it completed. The utterance audio it hands back is of the same type: samples
+        from the socket reach STT as they came."""
+        if not len(self._pending):
+            self._pending = self._pending.astype(pcm.dtype)
+        buf = np.concatenate([self._pending, pcm])
         n = len(buf) // self.hop * self.hop
         self._pending = buf[n:]
         events: list[SpeechEvent] = []
@@ -187,7 +191,7 @@ class AudioSpeechDetector:
         return [ev]
 
     def _audio(self) -> np.ndarray:
-        return np.concatenate(self._utt) if self._utt else np.zeros(0, np.float32)
+        return np.concatenate(self._utt) if self._utt else np.zeros(0, self._pending.dtype)
 
     @property
     def utterance_samples(self) -> int:
@@ -206,10 +210,10 @@ class AudioSpeechDetector:
                 break
             hops.append(hop[-need:] if need < len(hop) else hop)
             need -= len(hop)
-        return np.concatenate(hops[::-1]) if hops else np.zeros(0, np.float32)
+        return np.concatenate(hops[::-1]) if hops else np.zeros(0, self._pending.dtype)
 
     def _step(self, hop: np.ndarray, events: list[SpeechEvent]) -> None:
-        start, cont = self.clf.score(hop, self.in_speech)
+        start, cont = self.clf.score(as_float(hop), self.in_speech)  # the classifiers read float
         self._samples += len(hop)
         if not self.in_speech:
             self._step_idle(hop, start, events)

@@ -22,7 +22,7 @@ from types import TracebackType
 import numpy as np
 import websockets
 
-from shared.audio import float_to_pcm16
+from shared.audio import as_pcm16
 from shared.clients import UpstreamError
 from shared.protocol import SttFinal, SttPartial
 
@@ -70,11 +70,11 @@ class SttStreamClient:
             await self._ws.close()
 
     async def send_audio(self, audio: np.ndarray) -> None:
-        """16 kHz mono float32 samples, sent as int16 LE PCM."""
+        """16 kHz mono samples (int16 as received, or float32), sent as int16 LE PCM."""
         self._raise()
         assert self._ws is not None, "connect() first"
         try:
-            await self._ws.send(float_to_pcm16(audio).tobytes())
+            await self._ws.send(as_pcm16(audio).tobytes())
         except websockets.ConnectionClosed as exc:
             raise UpstreamError("stt", "stream closed") from exc
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from services.server.telephony import TwilioSettings
 from shared import config
 from shared.protocol import InitMessage, client_message
 
@@ -13,6 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = [
     (config.CommonSettings, ""), (config.ServerSettings, "SERVER_"), (config.SttSettings, "STT_"),
     (config.ChatSettings, "CHAT_"), (config.GroqSettings, ""), (config.TtsSettings, "TTS_"),
+    (TwilioSettings, "SERVER_TWILIO_"),
 ]
 
 
@@ -34,7 +36,7 @@ def test_invalid_setting_fails_at_start(monkeypatch):
 def test_no_default_secrets():
     for cls, _ in SETTINGS:
         for name, field in cls.model_fields.items():
-            if name.endswith(("api_key", "api_keys", "secret")):  # not max_sessions_per_key
+            if name.endswith(("api_key", "api_keys", "secret", "auth_token")):  # not max_sessions_per_key
                 assert field.default.get_secret_value() == ""
 
 

@@ -54,10 +54,11 @@ async def test_chat_streams_end_of_turn_then_deltas(standins: dict[str, str]) ->
         chat = ChatClient(http, standins["chat"])
         text = "".join([d async for d in chat.stream([{"role": "user", "content": "Hi"}], seen.append)])
         assert text == REPLY and seen == [END_OF_TURN_PROBABILITY]
-        async with http.stream("POST", chat.url, json={"messages": [{"role": "user", "content": "Hi"}], "stream": True}) as r:
+        completions = standins["chat"] + "/v1/chat/completions"
+        async with http.stream("POST", completions, json={"messages": [{"role": "user", "content": "Hi"}], "stream": True}) as r:
             lines = [line async for line in r.aiter_lines() if line.startswith("data:")]
         assert lines[-1] == "data: [DONE]" and "end_of_turn" not in "".join(lines)  # only when asked for
-        r = await http.post(chat.url, json={"messages": [{"role": "user", "content": "Hi"}]})
+        r = await http.post(completions, json={"messages": [{"role": "user", "content": "Hi"}]})
         assert r.json()["choices"][0]["message"]["content"] == REPLY
 
 

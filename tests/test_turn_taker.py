@@ -10,7 +10,7 @@ import pytest
 from services.server.echo import EchoGuard
 from services.server.session.channel import Outbox
 from services.server.session.playout import Playout
-from services.server.session.turn import Outcome, TurnDeps, TurnState
+from services.server.session.turn import Outcome, Turn, TurnDeps, TurnState
 from services.server.session.turn_taker import TurnTaker
 from shared.config import ServerSettings
 from shared.protocol import Interrupted, Metrics, ResponseText, TranscriptOut, TtsStreamEnd
@@ -36,6 +36,14 @@ class Rig:
             return text
 
         self.tt.speculate(self.clock(), transcribe, None)
+
+    async def answer(self, text: str) -> Turn:
+        """A turn that speculates on `text`, confirmed at once, and everything it sent."""
+        turn = self.tt.open_turn()
+        self.speculate(text)
+        await self.tt.promote(turn)
+        await self.settle()
+        return turn
 
     async def settle(self) -> None:
         """Let the turn's task and the outbox's writer run to quiet."""
@@ -79,10 +87,7 @@ async def test_the_user_going_on_drops_the_held_answer_and_the_turn_keeps_its_id
 
 async def test_an_interruption_keeps_in_memory_only_what_was_heard():
     rig = Rig()
-    turn = rig.tt.open_turn()
-    rig.speculate("Tell me a story.")
-    await rig.tt.promote(turn)
-    await rig.settle()
+    turn = await rig.answer("Tell me a story.")
     pieces = rig.speeches.opened[0].said
     assert len(pieces) >= 2
     assert rig.tt.speaking()  # all sent, still playing on the client
@@ -153,8 +158,5 @@ async def test_a_typed_message_is_a_whole_turn():
 
 async def test_no_usable_words_is_no_reply():
     rig = Rig()
-    turn = rig.tt.open_turn()
-    rig.speculate(" .")
-    await rig.tt.promote(turn)
-    await rig.settle()
+    turn = await rig.answer(" .")
     assert turn.outcome == Outcome.NOTHING and rig.channel.sent == [] and rig.tt.active is None

@@ -24,6 +24,9 @@ from services.server.admission import Admission, Full
 from services.server.agents import AgentBook
 from services.server.gateway import routers as gateway_routers
 from services.server.session import Session, WebSocketChannel
+from services.server.telephony import TwilioChannel, TwilioSettings, make_router, serve_media_stream, signature_ok
+from services.server.telephony.twilio import CallRefused, Start
+from services.server.telephony.webhook import STREAM_PATH
 from services.server.upstreams import Upstreams
 from shared.clients import UpstreamError
 from shared.config import ServerSettings, common
@@ -69,9 +72,11 @@ async def _drain() -> None:
 app, state = create_service(
     "server", _load, log, "Real-time speech-to-speech session server.",
     max_body_mb=cfg.max_body_mb, origins=[o.strip() for o in cfg.allowed_origins.split(",") if o.strip()],
-    token_paths="/ws/", on_drain=_drain, ws_max_size=cfg.max_frame_bytes,
+    token_paths="/ws/", signed_paths="/telephony/", on_drain=_drain, ws_max_size=cfg.max_frame_bytes,
 )
 app.mount("/static", StaticFiles(directory=STATIC), name="static")
+twilio_cfg = TwilioSettings()
+app.include_router(make_router(twilio_cfg))
 for _router in gateway_routers:  # before /ws/{session_id}, which would otherwise take /ws/stt and /ws/tts
     app.include_router(_router)
 
@@ -198,6 +203,46 @@ async def session_ws(ws: WebSocket, session_id: str) -> None:
         await session.close()
         log.info("end")
         SESSION_LOG.reset(token)
+
+
+@app.websocket(STREAM_PATH)
+async def twilio_media_stream(ws: WebSocket) -> None:
+    """A phone call (Twilio Media Streams), through the same session pipeline as /ws."""
+    if not signature_ok(ws, twilio_cfg):  # refused before accept, like credentials
+        await ws.send_denial_response(JSONResponse({"error": "invalid X-Twilio-Signature: this endpoint answers Twilio only"}, 403))
+        return
+    await ws.accept()
+    if not state.ready:
+        await ws.close(CLOSE_TRY_LATER, reason="server is starting, try again")
+        return
+    key_id = ws.scope.get("state", {}).get("key_id", "anonymous")
+    sessions: list[Session] = []
+
+    async def open_session(channel: TwilioChannel, start: Start) -> Session:
+        info = start.start
+        init = InitMessage(agentId=info.customParameters.get("agentId") or "assistant", userId=info.callSid[:128])
+        session = Session(channel, f"twilio-{info.callSid}"[:128], init, deps.agents.get(init.agentId), deps.upstreams)
+        try:
+            admitted = admission.admit(session, key_id)
+        except Full as exc:
+            raise CallRefused(CLOSE_TRY_LATER, exc.message) from exc
+        if not admitted:  # a caller cannot wait in a silent queue: full is full
+            raise CallRefused(CLOSE_TRY_LATER, "the server is at its session limit")
+        sessions.append(session)
+        SESSION_LOG.set(session.id)  # this task serves the call alone: its log lines name the session
+        await session.start()
+        log.info("call %s: session %s (agent %s)", info.callSid, session.id, session.agent.id)
+        return session
+
+    try:
+        async with asyncio.timeout(cfg.session_max_duration):
+            await serve_media_stream(ws, open_session)
+    except TimeoutError:
+        if ws.client_state == WebSocketState.CONNECTED:
+            await ws.close(CLOSE_NORMAL, reason="the call reached the session's maximum duration")
+    finally:
+        for session in sessions:
+            admission.release(session)
 
 
 async def _take_place(ws: WebSocket, session: Session, key_id: str) -> bool:

@@ -128,11 +128,11 @@ class Session:
         """16 kHz int16 LE mono, in frames of any size."""
         data = self._odd_byte + data
         self._odd_byte = data[-1:] if len(data) % 2 else b""  # odd-length frames: keep the byte for the next one
-        x = pcm16_to_float(data)
+        x = np.frombuffer(data[: len(data) // 2 * 2], "<i2")  # int16 from here to STT: no conversions on the way
         if x.size == 0 or self._closed:
             return
         now = self._last_audio = self.clock()
-        self.echo.on_input(x, now)
+        self.echo.on_input(pcm16_to_float(x), now)  # the echo guard compares loudness contours: float
         async with self._input:  # the timer and the words check read the detector: not while it is pushed
             events = await asyncio.to_thread(self.detector.push, x) if self._neural else self.detector.push(x)
             await self._stream_utterance()
