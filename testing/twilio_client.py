@@ -92,6 +92,7 @@ class CallResult:
     cleared_s: float = 0.0  # reply audio a `clear` dropped before it played
     violations: list[str] = field(default_factory=list)  # our messages that Twilio would not accept
     close_code: int | None = None
+    close_reason: str = ""  # the server's, when it hung up
 
     def latencies(self) -> list[float]:
         return [t.latency for t in self.turns if t.latency is not None]
@@ -132,6 +133,7 @@ class _FakeTwilio:
             async for text in self.ws:
                 self.on_message(text)
         self.result.close_code = self.ws.close_code
+        self.result.close_reason = self.ws.close_reason or ""
 
     def on_message(self, text: str | bytes) -> None:
         r = self.result

@@ -16,7 +16,7 @@ from services.server.session import Session
 from services.server.session import channel as channel_mod
 from shared.audio import STT_RATE
 from shared.config import ServerSettings
-from shared.protocol import InitMessage, SpeechStart
+from shared.protocol import InitMessage, Interrupted, SpeechStart, TranscriptOut
 from testing.fakes import FakeChat, FakeSpeeches, GoneChannel, StuckChannel
 
 
@@ -32,7 +32,7 @@ class FakeStt:
 
 
 def make_session(channel: object, **settings: object) -> Session:
-    cfg = ServerSettings(streaming_stt=False, end_of_turn_policy="text", **settings)
+    cfg = ServerSettings(**{"streaming_stt": False, "end_of_turn_policy": "text", **settings})  # type: ignore[arg-type]
     ups = SimpleNamespace(cfg=cfg, stt=FakeStt(), chat=FakeChat(), open_speech=FakeSpeeches())
     init = InitMessage(agentId="a", userId="u")
     return Session(channel, "unit", init, Agent(id="a"), ups)  # type: ignore[arg-type]
@@ -152,3 +152,37 @@ async def test_a_queued_session_gives_up_after_the_timeout():
     with pytest.raises(Full) as e:
         await asyncio.wait_for(a.wait(object(), "k", quiet), 2)  # type: ignore[arg-type]
     assert e.value.reason == "server_full" and "within" in str(e.value) and not a._queue
+
+
+def two_utterances(gap: float) -> bytes:
+    """1.2 s of voice, `gap` s of silence, 1.0 s of voice, then 3 s of silence."""
+    t = np.arange(int(1.2 * STT_RATE)) / STT_RATE
+    voiced = 0.3 * np.sin(2 * np.pi * 180 * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 4 * t))
+    x = np.concatenate([np.zeros(STT_RATE // 5), voiced, np.zeros(int(gap * STT_RATE)), voiced[: STT_RATE], np.zeros(3 * STT_RATE)])
+    return (x * 32767).astype("<i2").tobytes()
+
+
+async def stream_realtime(s: Session, pcm: bytes) -> None:
+    for i in range(0, len(pcm), 640):
+        await s.on_audio(pcm[i : i + 640])
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.parametrize(("gap", "merged"), [(0.8, True), (2.1, False)])
+async def test_going_on_after_an_early_answer_merges_only_soon_after_it_began(gap: float, merged: bool) -> None:
+    """Answered after 450 ms of silence (the sound says finished), the user speaks again before the
+    detector closes the utterance (2.5 s): 0.3 s into our answer they had not finished (one turn,
+    the answer is cut); 1.6 s into it they had heard it, and what they say is a new turn."""
+    from testing.fakes import RecordingChannel
+
+    channel = RecordingChannel()
+    s = make_session(channel, end_of_turn_policy="both")
+    await s.start()
+    await stream_realtime(s, two_utterances(gap))
+    await s.close()
+    transcripts = channel.of(TranscriptOut)
+    assert [t.turn_id for t in transcripts][:1] == [1], "the first utterance was answered early"
+    second = transcripts[1]
+    assert (second.replaces == 1) is merged, transcripts
+    if not merged:  # the early answer had ended and stands: nothing of it is cut
+        assert 1 not in [m.turn_id for m in channel.of(Interrupted)]

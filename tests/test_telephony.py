@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 
+import httpx
 import numpy as np
 import pytest
 import soundfile as sf
@@ -58,3 +59,24 @@ async def test_talking_over_the_reply_sends_clear(system, corpus):
     first_media = result.turns[0].first_media
     assert first_media is not None and result.clears[0] > first_media
     print(f"\nclear {result.clears[0] - first_media:.2f} s after the reply began; {result.cleared_s:.2f} s of it dropped")
+
+
+async def test_an_answering_machine_gets_the_agents_message_then_the_call_ends(system, tmp_path):
+    greeting = "Hi, you've reached Sam. I can't come to the phone right now, please leave a message after the tone."
+    async with httpx.AsyncClient(timeout=60) as http:
+        r = await http.get(f"{system.tts}/tts", params={"text": greeting})
+    assert r.status_code == 200
+    x, rate = sf.read(io.BytesIO(r.content), dtype="float32")
+    t = np.arange(int(0.4 * rate)) / rate
+    beep = 0.3 * np.sin(2 * np.pi * 1000 * t).astype(np.float32)
+    wav = tmp_path / "voicemail.wav"
+    sf.write(wav, np.concatenate([x, np.zeros(int(0.3 * rate), np.float32), beep]), rate, subtype="PCM_16")
+    # the "reminder" agent (agents.json) leaves a message on machines; the line stays open long
+    # after the reply, so it is the server that ends the call
+    result = await call(phone_url(system), [wav], custom_parameters={"agentId": "reminder"}, reply_timeout_s=30, settle_s=8)
+    assert result.close_code == 1000 and "answering machine" in result.close_reason, result.close_reason
+    (turn,) = result.turns
+    heard = transcribe(system.stt, wav_bytes(turn.reply)).json()["text"].lower()
+    print(f"\nafter the greeting the tape has {len(turn.reply) / 16000:.1f} s: {heard!r}")
+    assert "appointment" in heard or "reminder" in heard
+    assert result.violations == []

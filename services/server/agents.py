@@ -1,4 +1,4 @@
-"""Agents (name, system prompt, voice, detector settings) from a JSON file, chosen by agentId."""
+"""Agents (name, system prompt, voice, detector settings, voicemail policy) from a JSON file, chosen by agentId."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from services.server.telephony.screening import VoicemailPolicy
 from shared.protocol import DetectorOverrides
 
 log = logging.getLogger("server.agents")
@@ -19,6 +20,8 @@ class Agent(BaseModel):
     systemPrompt: str = "A friendly voice assistant who answers in one or two short spoken sentences."
     voice: str | None = None
     speechDetector: DetectorOverrides | None = None
+    voicemail: VoicemailPolicy | None = Field(None, description="phone calls: screen the first words for an answering "
+                                              "machine, and hang up or leave a message (telephony/screening.py)")
 
 
 class AgentBook(BaseModel):

@@ -25,6 +25,7 @@ from services.server.agents import AgentBook
 from services.server.gateway import routers as gateway_routers
 from services.server.session import Session, WebSocketChannel
 from services.server.telephony import TwilioChannel, TwilioSettings, make_router, serve_media_stream, signature_ok
+from services.server.telephony.screening import Screening
 from services.server.telephony.twilio import CallRefused, Start
 from services.server.telephony.webhook import STREAM_PATH
 from services.server.upstreams import Upstreams
@@ -217,6 +218,7 @@ async def twilio_media_stream(ws: WebSocket) -> None:
         return
     key_id = ws.scope.get("state", {}).get("key_id", "anonymous")
     sessions: list[Session] = []
+    screenings: list[Screening] = []
 
     async def open_session(channel: TwilioChannel, start: Start) -> Session:
         info = start.start
@@ -230,6 +232,12 @@ async def twilio_media_stream(ws: WebSocket) -> None:
             raise CallRefused(CLOSE_TRY_LATER, "the server is at its session limit")
         sessions.append(session)
         SESSION_LOG.set(session.id)  # this task serves the call alone: its log lines name the session
+        if session.agent.voicemail is not None:  # who answered: a person, or a voicemail greeting?
+            voice = init.voice or session.agent.voice
+            screening = Screening(session.agent.voicemail, channel, lambda why: session.close(CLOSE_NORMAL, why),
+                                  lambda text: deps.upstreams.speak_audio(text, voice))
+            channel.observers.append(screening.observe)
+            screenings.append(screening)
         await session.start()
         log.info("call %s: session %s (agent %s)", info.callSid, session.id, session.agent.id)
         return session
@@ -241,6 +249,8 @@ async def twilio_media_stream(ws: WebSocket) -> None:
         if ws.client_state == WebSocketState.CONNECTED:
             await ws.close(CLOSE_NORMAL, reason="the call reached the session's maximum duration")
     finally:
+        for screening in screenings:
+            await screening.close()
         for session in sessions:
             admission.release(session)
 

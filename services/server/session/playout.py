@@ -26,6 +26,7 @@ class Playout:
         self.until = 0.0  # when the client will have played all it got
         self._sent: dict[int, int] = {}  # samples sent per turn (newest turns only)
         self._acked: dict[int, float] = {}  # played_ms per turn, from the client's acks
+        self._started: dict[int, float] = {}  # when each turn's first audio began to play
 
     def on_sent(self, turn_id: int, pcm: bytes) -> None:
         """A chunk reached the client: it plays after what it already had."""
@@ -34,8 +35,14 @@ class Playout:
         self.echo.on_output(chunk, start)
         self.until = start + len(chunk) / OUT_RATE
         self._sent[turn_id] = self._sent.get(turn_id, 0) + len(chunk)
+        self._started.setdefault(turn_id, start)
         while len(self._sent) > 4:
+            self._started.pop(next(iter(self._sent)), None)
             self._sent.pop(next(iter(self._sent)))
+
+    def started_at(self, turn_id: int) -> float | None:
+        """When the turn's first audio began to play (None: none sent, or no longer tracked)."""
+        return self._started.get(turn_id)
 
     def sent_samples(self, turn_id: int) -> int:
         return self._sent.get(turn_id, 0)

@@ -20,7 +20,7 @@ import numpy as np
 from services.server.agents import Agent
 from services.server.echo import EchoGuard
 from services.server.live_stt import LiveTranscriber
-from services.server.session.barge import BargeJudge, CheckWords, Do, Signals, UserFrom
+from services.server.session.barge import PREROLL, BargeJudge, CheckWords, Do, Signals, UserFrom
 from services.server.session.channel import Channel, Outbox
 from services.server.session.detector import new_detector
 from services.server.session.playout import Playout
@@ -49,6 +49,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("server.session")
 
 TICK = 0.05  # how often time-based decisions are made when no audio arrives
+# The user going on within this long (s) of our early answer starting to play had not finished:
+# one turn, answered as a whole. Later, the answer stands and what they say is a new turn (they
+# heard it: a quick reply to a short answer must not be merged into the sentence before it).
+GOES_ON_WITHIN = 1.5
 STALL_SLACK = 0.1  # audio frames arrive every ~20 ms; a gap longer than this counts as silence
 
 
@@ -259,9 +263,17 @@ class Session:
 
     async def _barge_in(self) -> None:
         """Speech over our reply that is the user's: it interrupts, or continues the utterance we answered early."""
-        if self.turns.early is not None:  # the user went on after an early answer: one turn
-            await self.turns.merge_early()
-            return
+        early = self.turns.early
+        if early is not None:
+            started = self.playout.started_at(early.id)
+            resumed = self.clock() - (self.detector.time - self.judge.onset)  # wall clock the user went on
+            if started is None or resumed - started <= GOES_ON_WITHIN:  # the user went on after an early answer: one turn
+                await self.turns.merge_early()
+                return
+            # they had heard our answer for a while: it stands, and their words from here are a new turn
+            log.info("the user went on %.1f s into the answer to turn %d: a new turn", resumed - started, early.id)
+            self.turns.early = None
+            self._words_from = max(self._words_from, self.detector.sample_at(self.judge.onset - PREROLL))
         self.send(SpeechStart())
         await self.turns.interrupt()
         if self.live is not None and self.live.streamed:

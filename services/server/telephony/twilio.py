@@ -196,8 +196,14 @@ class TwilioChannel:
         self._sent_ms: OrderedDict[int, int] = OrderedDict()  # turn -> ms of its audio sent
         self._marks: OrderedDict[str, bool] = OrderedDict()  # marks at Twilio -> still playable
         self.clears = 0
+        self.observers: list[Callable[[_Out], None]] = []  # see every message first (call screening)
+        self.muted = False  # the session's audio no longer reaches the call (a machine answered)
 
     async def send(self, msg: _Out) -> None:
+        for observe in self.observers:
+            observe(msg)
+        if self.muted:
+            return
         if isinstance(msg, Interrupted):
             await self._clear()
         elif isinstance(msg, TtsStreamEnd):
@@ -209,10 +215,37 @@ class TwilioChannel:
 
     async def send_audio(self, turn_id: int, pcm: bytes) -> None:
         """24 kHz float32 LE mono in; 20 ms μ-law `media` frames and one `mark` out."""
+        if not self.muted:
+            await self.play(turn_id, pcm)
+
+    async def mute(self) -> None:
+        """From now on only `play` reaches the call; what Twilio still holds of a reply is dropped."""
+        self.muted = True
+        await self._clear()
+
+    async def play(self, turn_id: int, pcm: bytes) -> None:
+        """Audio of a turn, muted or not (the session's replies, or a voicemail message)."""
         if self._turn is not None and self._turn != turn_id:  # a new turn without the old one's end
             await self._send_frames(self._turn, self._encoder.flush())
         self._turn = turn_id
         await self._send_frames(turn_id, self._encoder.push(pcm))
+
+    async def finish(self, turn_id: int) -> None:
+        """The turn's last partial frame, padded (as a `tts_stream_end` does)."""
+        if turn_id == self._turn:
+            await self._send_frames(turn_id, self._encoder.flush())
+            self._turn = None
+
+    async def played(self, turn_id: int, timeout: float) -> bool:
+        """Wait until Twilio has echoed every mark of the turn (its audio has played)."""
+        prefix = f"{turn_id}:"
+        try:
+            async with asyncio.timeout(timeout):
+                while any(n.startswith(prefix) and live for n, live in self._marks.items()):
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            return False
+        return True
 
     async def close(self, code: int, reason: str) -> None:
         await self.ws.close(code, reason=reason)
