@@ -41,7 +41,7 @@ long, as eot-bench's min/max hold-span duration) where the policy fired before t
 went on; latency = for each end, the silence until the policy fired (the timeout when it did
 not); mean over the ends. Reported: the lowest cut-off rate at a mean latency <= 300 / 600 ms,
 the lowest mean latency at a cut-off rate <= 5% / 10%, and the Pareto frontier, as a table
-and as a PNG (bench/results/eot_pareto.png; drawn here without matplotlib).
+and as a PNG (bench/results/eot_pareto.png, with matplotlib from requirements-dev.txt).
 """
 
 from __future__ import annotations
@@ -50,7 +50,6 @@ import argparse
 import asyncio
 import json
 import statistics
-import struct
 import sys
 import time
 import zlib
@@ -476,124 +475,42 @@ def auc(scores: np.ndarray, p: Points) -> float:
     return float(((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (len(pos) * len(neg)))
 
 
-# --------------------------------------------------------------------------- a PNG without matplotlib
-
-_GLYPHS = {  # 5x7, rows top to bottom (HD44780-style)
-    "0": "0E 11 13 15 19 11 0E", "1": "04 0C 04 04 04 04 0E", "2": "0E 11 01 02 04 08 1F", "3": "1F 02 04 02 01 11 0E",
-    "4": "02 06 0A 12 1F 02 02", "5": "1F 10 1E 01 01 11 0E", "6": "06 08 10 1E 11 11 0E", "7": "1F 01 02 04 08 08 08",
-    "8": "0E 11 11 0E 11 11 0E", "9": "0E 11 11 0F 01 02 0C", "A": "0E 11 11 11 1F 11 11", "B": "1E 11 11 1E 11 11 1E",
-    "C": "0E 11 10 10 10 11 0E", "D": "1C 12 11 11 11 12 1C", "E": "1F 10 10 1E 10 10 1F", "F": "1F 10 10 1E 10 10 10",
-    "G": "0E 11 10 17 11 11 0F", "H": "11 11 11 1F 11 11 11", "I": "0E 04 04 04 04 04 0E", "J": "07 02 02 02 02 12 0C",
-    "K": "11 12 14 18 14 12 11", "L": "10 10 10 10 10 10 1F", "M": "11 1B 15 15 11 11 11", "N": "11 11 19 15 13 11 11",
-    "O": "0E 11 11 11 11 11 0E", "P": "1E 11 11 1E 10 10 10", "Q": "0E 11 11 11 15 12 0D", "R": "1E 11 11 1E 14 12 11",
-    "S": "0F 10 10 0E 01 01 1E", "T": "1F 04 04 04 04 04 04", "U": "11 11 11 11 11 11 0E", "V": "11 11 11 11 11 0A 04",
-    "W": "11 11 11 15 15 15 0A", "X": "11 11 0A 04 0A 11 11", "Y": "11 11 11 0A 04 04 04", "Z": "1F 01 02 04 08 10 1F",
-    " ": "00 00 00 00 00 00 00", ".": "00 00 00 00 00 0C 0C", ",": "00 00 00 00 0C 04 08", "%": "18 19 02 04 08 13 03",
-    "-": "00 00 00 1F 00 00 00", "+": "00 04 04 1F 04 04 00", "(": "02 04 08 08 08 04 02", ")": "08 04 02 02 02 04 08",
-    "/": "00 01 02 04 08 10 00", ":": "00 0C 0C 00 0C 0C 00", "=": "00 00 1F 00 1F 00 00", "<": "02 04 08 10 08 04 02",
-    ">": "08 04 02 01 02 04 08", "@": "0E 11 01 0D 15 15 0E", "?": "0E 11 01 02 04 00 04", "'": "04 04 08 00 00 00 00",
-}
-
-
-class Canvas:
-    def __init__(self, w: int, h: int) -> None:
-        self.w, self.h = w, h
-        self.px = np.full((h, w, 3), 255, np.uint8)
-
-    def dot(self, x: float, y: float, color: tuple[int, int, int], r: int = 1) -> None:
-        xi, yi = int(round(x)), int(round(y))
-        self.px[max(0, yi - r + 1) : min(self.h, yi + r), max(0, xi - r + 1) : min(self.w, xi + r)] = color
-
-    def line(self, x0: float, y0: float, x1: float, y1: float, color: tuple[int, int, int], r: int = 1) -> None:
-        n = int(max(abs(x1 - x0), abs(y1 - y0))) + 1
-        for k in range(n + 1):
-            self.dot(x0 + (x1 - x0) * k / n, y0 + (y1 - y0) * k / n, color, r)
-
-    def marker(self, x: float, y: float, color: tuple[int, int, int], size: int = 5) -> None:
-        self.line(x - size, y - size, x + size, y + size, color, 2)
-        self.line(x - size, y + size, x + size, y - size, color, 2)
-
-    def text(self, x: float, y: float, s: str, color: tuple[int, int, int] = (0, 0, 0), scale: int = 2) -> None:
-        cx = int(x)
-        for ch in s.upper():
-            rows = _GLYPHS.get(ch, _GLYPHS["?"]).split()
-            for j, row in enumerate(rows):
-                bits = int(row, 16)
-                for i in range(5):
-                    if bits & (1 << (4 - i)):
-                        y0, x0 = int(y) + j * scale, cx + i * scale
-                        self.px[max(0, y0) : min(self.h, y0 + scale), max(0, x0) : min(self.w, x0 + scale)] = color
-            cx += 6 * scale
-
-    def png(self, path: Path) -> None:
-        raw = b"".join(b"\x00" + self.px[y].tobytes() for y in range(self.h))
-
-        def chunk(kind: bytes, data: bytes) -> bytes:
-            return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", self.w, self.h, 8, 2, 0, 0, 0))
-                         + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
-
-
-COLORS = [(120, 120, 120), (230, 120, 0), (200, 60, 160), (40, 110, 220), (0, 150, 110), (220, 30, 30), (110, 60, 200)]
+# --------------------------------------------------------------------------- the plot
 
 
 def plot(curves: dict[str, list[tuple[float, float]]], points_: dict[str, tuple[float, float]], title: str, path: Path,
          context: bool = True) -> None:
-    W, H, L, R, T, B = 1100, 720, 90, 380, 60, 80
-    xmax, ymax = 2.0, 0.7
-    cv = Canvas(W, H)
-    X = lambda s: L + min(s, xmax) / xmax * (W - L - R)  # noqa: E731
-    Y = lambda c: H - B - min(c, ymax) / ymax * (H - T - B)  # noqa: E731
-    for k in range(0, 11):  # grid and ticks
-        s = k * xmax / 10
-        cv.line(X(s), Y(0), X(s), Y(ymax), (235, 235, 235))
-        cv.text(X(s) - 18, H - B + 10, f"{s * 1000:.0f}")
-    for k in range(0, 8):
-        c = k * 0.1
-        cv.line(X(0), Y(c), X(xmax), Y(c), (235, 235, 235))
-        cv.text(L - 50, Y(c) - 7, f"{c * 100:.0f}%")
-    for x0, y0, x1, y1 in ((X(0), Y(0), X(xmax), Y(0)), (X(0), Y(0), X(0), Y(ymax))):
-        cv.line(x0, y0, x1, y1, (0, 0, 0))
-    for budget in (0.3, 0.6):
-        for yy in range(int(Y(ymax)), int(Y(0)), 8):
-            cv.dot(X(budget), yy, (160, 160, 160))
-    for yy in (0.05, 0.10):
-        for xx in range(int(X(0)), int(X(xmax)), 8):
-            cv.dot(xx, Y(yy), (160, 160, 160))
-    cv.text(L, 4, title, scale=2)
-    cv.text(L + 250, H - 35, "MEAN LATENCY AT ENDS (MS)")
-    cv.text(8, T - 30, "FALSE CUT-OFF RATE")
-    ly = T + 10
-    for n, (name, pts) in enumerate(curves.items()):
-        col = COLORS[n % len(COLORS)]
-        prev = None
-        for lat, cut in pts:  # a step curve: each point holds until the next one's latency
-            if prev is not None:
-                cv.line(X(prev[0]), Y(prev[1]), X(lat), Y(prev[1]), col, 2)
-                cv.line(X(lat), Y(prev[1]), X(lat), Y(cut), col, 2)
-            prev = (lat, cut)
-        cv.line(W - R + 15, ly + 7, W - R + 45, ly + 7, col, 2)
-        cv.text(W - R + 52, ly, name[:26], col)
-        ly += 24
+    """The Pareto curves (cut-off rate against mean latency) as steps, single operating points as
+    crosses, and eot-bench's published points (its data) as grey markers."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 6.5), dpi=100)
+    for name, pts in curves.items():
+        lat, cut = zip(*pts, strict=True) if pts else ((), ())
+        ax.step([x * 1000 for x in lat], [c * 100 for c in cut], where="post", lw=2, label=name)
     for name, (lat, cut) in points_.items():
-        col = (0, 0, 0)
-        cv.marker(X(lat), Y(cut), col, 6)
-        cv.text(X(lat) + 10, Y(cut) - 18, name[:24], col)
+        ax.plot(lat * 1000, cut * 100, "kx", ms=9, mew=2)
+        ax.annotate(name, (lat * 1000, cut * 100), xytext=(6, 6), textcoords="offset points")
     if context:
-        ly += 16
-        cv.text(W - R + 15, ly, "EOT-BENCH (ITS DATA):", (90, 90, 90))
-        ly += 22
-        for n, (name, (a, b, c, d)) in enumerate(EOT_BENCH.items()):
-            col = (90 + 30 * n % 120, 90, 90)
-            for lat, cut in ((0.3, a), (0.6, b), (c / 1000, 0.05), (d / 1000, 0.10)):
-                if cut is not None and lat <= xmax:
-                    cv.dot(X(lat), Y(cut), (140, 140, 140), 4)
-            cv.text(W - R + 15, ly, f"{name[:24]}", (120, 120, 120))
-            ly += 20
-        cv.text(W - R + 15, ly + 6, "GREY SQUARES: THEIR 4 POINTS", (120, 120, 120))
-    cv.png(path)
+        markers = iter("os^Dv")
+        for name, (a, b, c, d) in EOT_BENCH.items():
+            pts = [(x, y) for x, y in ((300, a), (600, b), (c, 0.05), (d, 0.10)) if y is not None and x <= 2000]
+            ax.plot([x for x, _ in pts], [y * 100 for _, y in pts], next(markers), color="grey", ms=6, ls="none",
+                    label=f"eot-bench (its data): {name}")
+    for x in (300, 600):
+        ax.axvline(x, color="lightgrey", ls=":", zorder=0)
+    for y in (5, 10):
+        ax.axhline(y, color="lightgrey", ls=":", zorder=0)
+    ax.set(xlim=(0, 2000), ylim=(0, 70), xlabel="mean latency at ends (ms)", ylabel="false cut-off rate (%)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
 
 
 # --------------------------------------------------------------------------- main
@@ -656,7 +573,7 @@ def main() -> None:
                     for k in ("cut300", "cut600", "lat5", "lat10")} | {"pareto": curves[sw.name]}
         marks = {k: v for k, v in marks.items() if "as shipped" not in k}
         path = Path(args.plot) if split == "held-out" else Path(args.plot).with_name(Path(args.plot).stem + "_train.png")
-        plot(curves, marks, f"END OF TURN, {split.upper()} SPEAKERS: CUT-OFF VS LATENCY", path)
+        plot(curves, marks, f"End of turn, {split} speakers: false cut-offs against latency", path)
         report.append(f"  plot: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
     report += context_lines()
     t_text = [r["t_stt"] for r in held.rows + train.rows]

@@ -22,8 +22,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.conftest import BASE_PORT
-from tests.test_chat_limits import start_chat, stop_chat
+from tests.conftest import BASE_PORT, stop_system
+from tests.test_chat_limits import start_chat
 
 pytestmark = pytest.mark.e2e
 
@@ -41,7 +41,7 @@ def chat() -> Iterator[str]:
     try:
         yield url
     finally:
-        stop_chat(proc)
+        stop_system(proc)
 
 
 async def stream(http: httpx.AsyncClient, url: str, messages: list[dict], **opts) -> tuple[str, list[dict], bool]:

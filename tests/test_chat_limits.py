@@ -4,7 +4,6 @@ answer 4xx in the common error shape, never a 500 or a broken stream; /load and 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ import pytest
 from services.chat.engines.base import ChatEngine, ChatMessage, GenerationOptions
 from services.chat.engines.stops import StopFilter
 from shared.service import ServiceError
-from tests.conftest import BASE_PORT, OUTPUT, ROOT, wait_ready
+from tests.conftest import BASE_PORT, OUTPUT, ROOT, stop_system, wait_ready
 
 e2e = pytest.mark.e2e
 CONTEXT = 2048
@@ -35,17 +34,9 @@ def start_chat(port: int, log_name: str, parallel: int = 4) -> tuple[subprocess.
     try:
         wait_ready(url, 120, proc)
     except BaseException:
-        stop_chat(proc)
+        stop_system(proc)
         raise
     return proc, url
-
-
-def stop_chat(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +45,7 @@ def chat() -> Iterator[str]:
     try:
         yield url
     finally:
-        stop_chat(proc)
+        stop_system(proc)
 
 
 def long_text(n_words: int) -> str:

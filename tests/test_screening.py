@@ -63,7 +63,8 @@ async def speak(text: str) -> AsyncIterator[np.ndarray]:
         yield tone(300, 0.2, 24000)
 
 
-async def test_a_machine_gets_the_message_after_the_beep_then_the_call_ends() -> None:
+def screened_call(policy: VoicemailPolicy) -> tuple[FakeSocket, TwilioChannel, Screening, list[str]]:
+    """A call's channel on a fake socket, screened with `policy`; the list gets each hang-up's reason."""
     ws = FakeSocket(hang=True)
     channel = TwilioChannel(ws, SID)
     hung_up: list[str] = []
@@ -71,8 +72,13 @@ async def test_a_machine_gets_the_message_after_the_beep_then_the_call_ends() ->
     async def hang_up(why: str) -> None:
         hung_up.append(why)
 
-    screening = Screening(VoicemailPolicy(action="message", message="Hello, a reminder."), channel, hang_up, speak)
+    screening = Screening(policy, channel, hang_up, speak)
     channel.observers.append(screening.observe)
+    return ws, channel, screening, hung_up
+
+
+async def test_a_machine_gets_the_message_after_the_beep_then_the_call_ends() -> None:
+    ws, channel, screening, hung_up = screened_call(VoicemailPolicy(action="message", message="Hello, a reminder."))
     await channel.send(SpeechStart())
     await channel.send_audio(1, f32(tone(440, 0.5, 24000)))  # the session had begun a reply to "Hi,"
     before = len(ws.events("media"))
@@ -100,15 +106,7 @@ async def test_a_machine_gets_the_message_after_the_beep_then_the_call_ends() ->
 
 
 async def test_a_machine_with_the_hangup_policy_is_hung_up_on_at_once() -> None:
-    ws = FakeSocket(hang=True)
-    channel = TwilioChannel(ws, SID)
-    hung_up: list[str] = []
-
-    async def hang_up(why: str) -> None:
-        hung_up.append(why)
-
-    screening = Screening(VoicemailPolicy(), channel, hang_up, speak)
-    channel.observers.append(screening.observe)
+    ws, channel, screening, hung_up = screened_call(VoicemailPolicy())
     await channel.send(TranscriptOut(turn_id=1, text="Hello?"))  # a person: nothing happens
     await asyncio.sleep(0.05)
     assert not hung_up and not channel.muted

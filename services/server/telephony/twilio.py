@@ -62,9 +62,15 @@ class StartInfo(BaseModel):
     mediaFormat: MediaFormat
 
 
-class Start(BaseModel):
-    event: Literal["start"]
+class _Event(BaseModel):
+    """What every message of a started stream carries besides its event."""
+
     sequenceNumber: str = ""
+    streamSid: str = ""
+
+
+class Start(_Event):
+    event: Literal["start"]
     streamSid: str
     start: StartInfo
 
@@ -76,10 +82,8 @@ class MediaInfo(BaseModel):
     payload: str  # base64 of the raw audio, no header
 
 
-class Media(BaseModel):
+class Media(_Event):
     event: Literal["media"]
-    sequenceNumber: str = ""
-    streamSid: str = ""
     media: MediaInfo
 
 
@@ -87,10 +91,8 @@ class MarkName(BaseModel):
     name: str
 
 
-class Mark(BaseModel):
+class Mark(_Event):
     event: Literal["mark"]
-    sequenceNumber: str = ""
-    streamSid: str = ""
     mark: MarkName
 
 
@@ -99,10 +101,8 @@ class StopInfo(BaseModel):
     callSid: str = ""
 
 
-class Stop(BaseModel):
+class Stop(_Event):
     event: Literal["stop"]
-    sequenceNumber: str = ""
-    streamSid: str = ""
     stop: StopInfo = Field(default_factory=StopInfo)
 
 
@@ -111,10 +111,8 @@ class DtmfInfo(BaseModel):
     digit: str
 
 
-class Dtmf(BaseModel):
+class Dtmf(_Event):
     event: Literal["dtmf"]
-    sequenceNumber: str = ""
-    streamSid: str = ""
     dtmf: DtmfInfo
 
 
@@ -129,21 +127,22 @@ class MediaPayload(BaseModel):
     payload: str
 
 
-class MediaOut(BaseModel):
-    event: Literal["media"] = "media"
+class _Reply(BaseModel):
     streamSid: str
+
+
+class MediaOut(_Reply):
+    event: Literal["media"] = "media"
     media: MediaPayload
 
 
-class MarkOut(BaseModel):
+class MarkOut(_Reply):
     event: Literal["mark"] = "mark"
-    streamSid: str
     mark: MarkName
 
 
-class ClearOut(BaseModel):
+class ClearOut(_Reply):
     event: Literal["clear"] = "clear"
-    streamSid: str
 
 
 class UnknownEvent(ValueError):
