@@ -1,10 +1,12 @@
 """Phone calls: Twilio Media Streams in and out of the same session pipeline as /ws.
 
-    g711.py     μ-law / A-law and the 8 kHz <-> 16/24 kHz conversions
-    twilio.py   the Media Streams messages, a session Channel over them, serving one call
-    webhook.py  the TwiML that points a call at the stream, Twilio's request signature
-    routes.py   the webhook route (POST /telephony/twilio/voice) and the signature check
-    config.py   SERVER_TWILIO_* settings
+    g711.py       μ-law / A-law and the 8 kHz <-> 16/24 kHz conversions
+    messages.py   the Media Streams messages, and our mark names
+    twilio.py     a session Channel over them, serving one call
+    screening.py  answering machines: who picked up, and the agent's voicemail policy
+    webhook.py    the TwiML that points a call at the stream, Twilio's request signature
+    routes.py     the webhook route (POST /telephony/twilio/voice) and the signature check
+    config.py     SERVER_TWILIO_* settings
 """
 
 from services.server.telephony.config import TwilioSettings

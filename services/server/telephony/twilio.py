@@ -1,5 +1,5 @@
-"""Twilio Media Streams (bidirectional, `<Connect><Stream>`): the messages, a session `Channel`
-over them, and the loop that serves one call's WebSocket.
+"""Twilio Media Streams (bidirectional, `<Connect><Stream>`): a session `Channel` over its
+messages (messages.py), and the loop that serves one call's WebSocket.
 
 Twilio sends `connected`, `start`, then `media` (base64 μ-law, 8 kHz mono, 20 ms a frame),
 `mark` (a mark of ours whose audio has played, or was dropped by a `clear`), `dtmf` and `stop`.
@@ -14,18 +14,34 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import json
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Literal, Protocol
+from typing import Protocol
 
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from pydantic import ValidationError
 from starlette.websockets import WebSocketDisconnect
 from websockets.exceptions import ConnectionClosed
 
 from services.server.telephony.g711 import ENCODINGS, FRAME_BYTES, PHONE_RATE, Inbound, Law, Outbound
+from services.server.telephony.messages import (
+    ClearOut,
+    Connected,
+    Dtmf,
+    Mark,
+    MarkName,
+    MarkOut,
+    Media,
+    MediaOut,
+    MediaPayload,
+    Start,
+    Stop,
+    UnknownEvent,
+    mark_name,
+    parse_mark,
+    parse_message,
+)
 from shared.protocol import Interrupted, PlaybackIn, TtsStreamEnd, _Out, first_error
 
 log = logging.getLogger("server.telephony")
@@ -37,138 +53,6 @@ MAX_MARKS = 4096  # marks remembered while Twilio plays (one a chunk sent)
 CLOSE_NORMAL, CLOSE_POLICY, CLOSE_ERROR = 1000, 1008, 1011
 # what a receive raises once the socket is gone (Starlette server side, websockets client side)
 DISCONNECTED = (WebSocketDisconnect, ConnectionClosed, RuntimeError, OSError)
-
-# --------------------------------------------------------------------------- messages from Twilio
-
-
-class Connected(BaseModel):
-    event: Literal["connected"]
-    protocol: str = "Call"
-    version: str = "1.0.0"
-
-
-class MediaFormat(BaseModel):
-    encoding: str  # "audio/x-mulaw"
-    sampleRate: int  # 8000
-    channels: int = 1
-
-
-class StartInfo(BaseModel):
-    accountSid: str
-    streamSid: str
-    callSid: str
-    tracks: list[str] = Field(default_factory=lambda: ["inbound"])
-    customParameters: dict[str, str] = Field(default_factory=dict)  # <Parameter>s of the <Stream>
-    mediaFormat: MediaFormat
-
-
-class _Event(BaseModel):
-    """What every message of a started stream carries besides its event."""
-
-    sequenceNumber: str = ""
-    streamSid: str = ""
-
-
-class Start(_Event):
-    event: Literal["start"]
-    streamSid: str
-    start: StartInfo
-
-
-class MediaInfo(BaseModel):
-    track: str = "inbound"  # "inbound" (the caller) or "outbound" (what the call plays)
-    chunk: str = ""
-    timestamp: str = ""  # ms since the stream started
-    payload: str  # base64 of the raw audio, no header
-
-
-class Media(_Event):
-    event: Literal["media"]
-    media: MediaInfo
-
-
-class MarkName(BaseModel):
-    name: str
-
-
-class Mark(_Event):
-    event: Literal["mark"]
-    mark: MarkName
-
-
-class StopInfo(BaseModel):
-    accountSid: str = ""
-    callSid: str = ""
-
-
-class Stop(_Event):
-    event: Literal["stop"]
-    stop: StopInfo = Field(default_factory=StopInfo)
-
-
-class DtmfInfo(BaseModel):
-    track: str = "inbound_track"
-    digit: str
-
-
-class Dtmf(_Event):
-    event: Literal["dtmf"]
-    dtmf: DtmfInfo
-
-
-TwilioMessage = Annotated[Connected | Start | Media | Mark | Stop | Dtmf, Field(discriminator="event")]
-twilio_message = TypeAdapter(TwilioMessage)
-KNOWN_EVENTS = frozenset({"connected", "start", "media", "mark", "stop", "dtmf"})
-
-# --------------------------------------------------------------------------- messages to Twilio
-
-
-class MediaPayload(BaseModel):
-    payload: str
-
-
-class _Reply(BaseModel):
-    streamSid: str
-
-
-class MediaOut(_Reply):
-    event: Literal["media"] = "media"
-    media: MediaPayload
-
-
-class MarkOut(_Reply):
-    event: Literal["mark"] = "mark"
-    mark: MarkName
-
-
-class ClearOut(_Reply):
-    event: Literal["clear"] = "clear"
-
-
-class UnknownEvent(ValueError):
-    """A well-formed message of an event we do not handle (Twilio may add some): ignored."""
-
-
-def parse_message(text: str) -> Connected | Start | Media | Mark | Stop | Dtmf:
-    """One text frame from Twilio. Raises ValueError (bad JSON or fields) or UnknownEvent."""
-    data = json.loads(text)
-    if not isinstance(data, dict):
-        raise ValueError("not a JSON object")
-    if data.get("event") not in KNOWN_EVENTS:
-        raise UnknownEvent(str(data.get("event"))[:40])
-    return twilio_message.validate_python(data)
-
-
-def mark_name(turn_id: int, played_ms: int) -> str:
-    return f"{turn_id}:{played_ms}"
-
-
-def parse_mark(name: str) -> tuple[int, int] | None:
-    """"turn:ms" back to (turn_id, played_ms); None for a name that is not one of ours."""
-    turn, sep, ms = name.partition(":")
-    if not sep or not turn.isdigit() or not ms.isdigit() or len(name) > 40:
-        return None
-    return int(turn), int(ms)
 
 # --------------------------------------------------------------------------- the channel
 
@@ -445,5 +329,5 @@ async def _pump(ws: MediaSocket, channel: TwilioChannel, session: MediaSession, 
 
 __all__ = [
     "FRAME_BYTES", "CallRefused", "ClearOut", "Connected", "Dtmf", "Mark", "MarkOut", "Media", "MediaOut", "MediaSession", "MediaSocket",
-    "OpenSession", "Start", "Stop", "TwilioChannel", "parse_mark", "parse_message", "serve_media_stream",
+    "OpenSession", "Start", "Stop", "TwilioChannel", "UnknownEvent", "parse_mark", "parse_message", "serve_media_stream",
 ]
