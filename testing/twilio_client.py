@@ -270,6 +270,8 @@ async def call(
                     await twilio.silence(pause_s)
                 else:
                     await twilio.await_reply(reply_timeout_s, settle_s)
+            if twilio.pending:  # the marks of audio that has played (or is about to) go back before the call ends
+                await asyncio.wait(list(twilio.pending), timeout=2.0)
             await twilio.send({"event": "stop", "streamSid": result.stream_sid,
                                "stop": {"accountSid": account, "callSid": result.call_sid}})
         except ConnectionClosed:

@@ -523,7 +523,9 @@ async def test_client_replays_a_call_against_a_real_server(tmp_path: Path) -> No
     sessions: list[ToneSession] = []
     wavs = [utterance_wav(tmp_path / "a.wav", 0.6), utterance_wav(tmp_path / "b.wav", 0.4)]
     async with media_stream_server(sessions) as url:
-        result = await asyncio.wait_for(call(url, wavs, speed=4.0, lead_in_s=0.2, settle_s=0.2, reply_timeout_s=5), 20)
+        # settle: 1 s of wall clock without media (4 s of audio at this speed) means the reply is over,
+        # even on a loaded machine that stalls the sender between chunks
+        result = await asyncio.wait_for(call(url, wavs, speed=4.0, lead_in_s=0.2, settle_s=1.0, reply_timeout_s=5), 20)
     assert result.violations == [] and result.odd_frames == 0 and result.clears == []
     assert len(result.latencies()) == 2 and all(0 < t < 1.0 for t in result.latencies())
     for turn in result.turns:  # each reply: 1 s of 440 Hz, decoded back to 16 kHz
