@@ -153,6 +153,8 @@ class ServerSettings(BaseSettings):
     max_init_bytes: int = Field(16384, ge=256, description="largest init or control message")
     session_max_duration: float = Field(3600.0, gt=0, description="seconds a session may last")
     session_idle_timeout: float = Field(60.0, gt=0, description="seconds without any client frame before a session ends")
+    resume_window: float = Field(30.0, ge=0, description="seconds a session whose socket dropped waits for its client "
+                                 "to reconnect with the resume token (0: a drop ends the session)")
     max_body_mb: float = Field(26.0, gt=0, description="largest HTTP request body (uploads to the gateway)")
     # gateway: OpenAI voice names -> TTS catalog voice ids (JSON object in the environment)
     openai_voice_map: dict[str, str] = Field(

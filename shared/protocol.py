@@ -40,6 +40,15 @@ class DetectorOverrides(BaseModel):
     engine: Literal["energy", "silero"] | None = None
 
 
+class ResumeIn(BaseModel):
+    """Continue a session after a dropped connection: the token from its last `call_ready`, and
+    how many frames the client received after that `call_ready` (text and binary, on every
+    connection of the session): the server sends the rest, so nothing is repeated or lost."""
+
+    token: str = Field(min_length=8, max_length=128)
+    received: int = Field(ge=0)
+
+
 class InitMessage(BaseModel):
     """The first text frame of a session (vocal.fun-compatible, extended)."""
 
@@ -52,6 +61,7 @@ class InitMessage(BaseModel):
     allowInterruptions: bool = True
     speechDetector: DetectorOverrides | None = None
     audioOut: Literal["json", "binary"] = "json"
+    resume: ResumeIn | None = Field(None, description="continue a session whose connection dropped (its call_ready's resume_token)")
 
 
 class TranscriptIn(BaseModel):
@@ -92,6 +102,9 @@ class CallReady(_Out):
     session_id: str
     sample_rate_in: int = 16000
     sample_rate_out: int = 24000
+    resume_token: str | None = Field(None, description="reconnect with it (init `resume`) within resume_window_s after a drop")
+    resume_window_s: float | None = None
+    resumed: bool = False
 
 
 class Queued(_Out):

@@ -295,3 +295,23 @@ def test_open_mode_binds_loopback_and_says_so():
                           "print(n('server','127.0.0.1'));print(n('server','0.0.0.0'))"], cwd=ROOT, env=env,
                          capture_output=True, text=True, check=True).stdout
     assert "open access, listening on 127.0.0.1 only" in out and "WARNING" in out and "0.0.0.0" in out
+
+
+async def test_a_resume_token_works_only_for_the_credentials_that_opened_the_session(guarded):
+    sid = f"r{time.monotonic_ns()}"
+    ws = await websockets.connect(f"ws://{guarded}/ws/{sid}", additional_headers=auth(0))
+    await ws.send(INIT)
+    ready = json.loads(await asyncio.wait_for(ws.recv(), 5))
+    token = ready["resume_token"]
+    ws.transport.abort()  # the network drops: the session waits for its client
+    resume = json.dumps({**json.loads(INIT), "resume": {"token": token, "received": 0}})
+    other = await websockets.connect(f"ws://{guarded}/ws/{sid}", additional_headers=auth(1))
+    await other.send(resume)
+    msgs, code = await _until_closed(other)
+    assert msgs[0]["code"] == "resume_refused" and "other credentials" in msgs[0]["message"] and code == 1008
+    # the browser's way back: a fresh single-use session token from the same key, for the same session id
+    back = await websockets.connect(f"ws://{guarded}/ws/{sid}?token={mint(guarded, sid)}")
+    await back.send(resume)
+    again = json.loads(await asyncio.wait_for(back.recv(), 5))
+    assert again["type"] == "call_ready" and again["resumed"] and again["resume_token"] != token
+    await back.close()

@@ -24,6 +24,7 @@ from services.server.admission import Admission, Full
 from services.server.agents import AgentBook
 from services.server.gateway import routers as gateway_routers
 from services.server.session import Session, WebSocketChannel
+from services.server.session.resume import Parking, ReplayLog, ResumeRefused
 from services.server.telephony import TwilioChannel, TwilioSettings, make_router, serve_media_stream, signature_ok
 from services.server.telephony.screening import Screening
 from services.server.telephony.twilio import CallRefused, Start
@@ -178,32 +179,80 @@ async def session_ws(ws: WebSocket, session_id: str) -> None:
     init = await _read_init(ws)
     if init is None:
         return
+    key_id = ws.scope.get("state", {}).get("key_id", "anonymous")
+    if init.resume is not None:
+        try:
+            session = parking.claim(init.resume.token, session_id, key_id)
+        except ResumeRefused as exc:
+            await _reject(ws, CLOSE_POLICY, exc.message, "resume_refused")
+            return
+        await _connected(ws, session, key_id, init.resume.received)
+        return
     if init.voice and not await deps.upstreams.voices.known(init.voice):
         await _reject(ws, CLOSE_POLICY, f"unknown voice id {init.voice!r}; GET /voices lists them")
         return
     agent = deps.agents.get(init.agentId)
-    session = Session(WebSocketChannel(ws, binary_audio=init.audioOut == "binary"), session_id, init, agent, deps.upstreams)
-    if not await _take_place(ws, session, ws.scope.get("state", {}).get("key_id", "anonymous")):
+    channel = WebSocketChannel(ws, binary_audio=init.audioOut == "binary", replay=ReplayLog() if parking.enabled else None)
+    session = Session(channel, session_id, init, agent, deps.upstreams, resumable=parking.enabled)
+    if not await _take_place(ws, session, key_id):
         admission.release(session)  # in case a place came just as the client left
         return
-    token = SESSION_LOG.set(session_id)
-    log.info("start (agent %s, audio out %s)", agent.id, init.audioOut)
+    await _connected(ws, session, key_id, None)
+
+
+async def _connected(ws: WebSocket, session: Session, key_id: str, received: int | None) -> None:
+    """Serve a session on this socket: a new one (`received` None), or one resumed after a drop."""
+    token = SESSION_LOG.set(session.id)
+    channel = session.outbox.channel
+    assert isinstance(channel, WebSocketChannel)
+    resume = parking.issue(session, key_id) if parking.enabled else None
+    ready = CallReady(session_id=session.id, resume_token=resume, resume_window_s=parking.window if resume else None,
+                      resumed=received is not None)
+    session.connection += 1
+    dropped, mine = False, session.connection
     try:
-        await session.start()
-        session.send(CallReady(session_id=session_id))
-        await _serve(ws, session)
+        if received is None:
+            log.info("start (agent %s, audio out %s)", session.agent.id, "binary" if channel.binary_audio else "json")
+            await session.start()
+            await channel.greet(ready)
+        else:
+            old = channel.ws
+            if not session.detached:  # the old socket has not noticed the drop yet: this one takes over
+                session.detach()
+                asyncio.create_task(old.close(4000, reason="resumed on a newer connection"))
+            if missing := await channel.rebind(ws, ready, received):
+                await session.error("resume_gap", f"{missing} earlier messages were no longer kept and are missing")
+            log.info("resumed (%d frames received)", received)
+        session.attach()
+        dropped = await _serve(ws, session)
     except (WebSocketDisconnect, RuntimeError):
-        pass
+        dropped = True
     except Exception:
         log.exception("unexpected error")
         if ws.client_state == WebSocketState.CONNECTED:
             await session.error("internal", "internal error; the session is closing", recoverable=False)
             await ws.close(1011)
     finally:
-        admission.release(session)
-        await session.close()
-        log.info("end")
+        if session.connection != mine:
+            pass  # a newer connection of this session took over
+        elif dropped and resume is not None and not session.closed and not admission.draining:
+            session.detach()
+            parking.park(resume)
+        else:
+            if resume is not None:
+                parking.forget(resume)
+            admission.release(session)
+            await session.close()
+            log.info("end")
         SESSION_LOG.reset(token)
+
+
+async def _expired(session: Session) -> None:
+    admission.release(session)
+    await session.close()
+
+
+parking = Parking(cfg.resume_window, _expired)
 
 
 @app.websocket(STREAM_PATH)
@@ -284,9 +333,10 @@ async def _take_place(ws: WebSocket, session: Session, key_id: str) -> bool:
     return failed is None  # else telling its place failed: the client is gone
 
 
-async def _serve(ws: WebSocket, session: Session) -> None:
-    """The session's input loop, with its idle and duration limits."""
-    deadline = time.monotonic() + cfg.session_max_duration
+async def _serve(ws: WebSocket, session: Session) -> bool:
+    """The session's input loop, with its idle and duration limits. True: the connection
+    dropped (no close frame from the client: it may resume); False: the session ended."""
+    deadline = session.started + cfg.session_max_duration
     while True:
         left = deadline - time.monotonic()
         try:
@@ -294,9 +344,10 @@ async def _serve(ws: WebSocket, session: Session) -> None:
         except TimeoutError:
             why = "the session reached its maximum duration" if left <= cfg.session_idle_timeout else "no audio or message for too long"
             await session.expire(f"{why}; connect again to go on")
-            return
+            return False
         if msg["type"] == "websocket.disconnect":
-            return
+            # 1005/1006, no close code: the network dropped (the client may resume); else a hang-up, or our own close
+            return msg.get("code", 1006) in (1005, 1006)
         if (data := msg.get("bytes")) is not None:
             await session.on_audio(data)
             continue

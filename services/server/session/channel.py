@@ -17,13 +17,16 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from shared.audio import OUT_RATE
 from shared.metrics import SESSION_ERRORS
 from shared.protocol import AudioChunk, TtsStream, _Out
+
+if TYPE_CHECKING:
+    from services.server.session.resume import ReplayLog
 
 log = logging.getLogger("server.session")
 
@@ -43,24 +46,49 @@ class Channel(Protocol):
 
 class WebSocketChannel:
     """The session protocol over a WebSocket: JSON messages; audio as `tts_stream` JSON
-    (base64) or, with `audioOut: "binary"`, as raw float32 frames."""
+    (base64) or, with `audioOut: "binary"`, as raw float32 frames.
 
-    def __init__(self, ws: WebSocket, binary_audio: bool = False) -> None:
-        self.ws, self.binary_audio = ws, binary_audio
+    With a `ReplayLog`, every frame sent after `call_ready` is numbered and kept for a
+    while, so that a client that reconnects (`rebind`) gets the ones it missed."""
+
+    def __init__(self, ws: WebSocket, binary_audio: bool = False, replay: ReplayLog | None = None) -> None:
+        self.ws, self.binary_audio, self.replay = ws, binary_audio, replay
         self._seq: dict[int, int] = {}
 
-    async def send(self, msg: _Out) -> None:
+    async def greet(self, msg: _Out) -> None:
+        """`call_ready` (and `queued`): outside the numbered frames."""
         await self.ws.send_text(msg.dump())
+
+    async def send(self, msg: _Out) -> None:
+        await self._frame(msg.dump())
 
     async def send_audio(self, turn_id: int, pcm: bytes) -> None:
         if self.binary_audio:
-            await self.ws.send_bytes(pcm)
+            await self._frame(pcm)
             return
-        seq = self._seq[turn_id] = self._seq.get(turn_id, 0) + 1
+        seq = self._seq.get(turn_id, 0) + 1  # counted once sent: a chunk sent again after a drop keeps its number
+        chunk = AudioChunk(chunk=base64.b64encode(pcm).decode(), sample_rate=OUT_RATE, turn_id=turn_id, seq=seq)
+        await self._frame(TtsStream(data=chunk).dump())
+        self._seq[turn_id] = seq
         if len(self._seq) > 8:  # only the newest turns can still be speaking
             self._seq.pop(next(iter(self._seq)))
-        chunk = AudioChunk(chunk=base64.b64encode(pcm).decode(), sample_rate=OUT_RATE, turn_id=turn_id, seq=seq)
-        await self.ws.send_text(TtsStream(data=chunk).dump())
+
+    async def _frame(self, frame: str | bytes) -> None:
+        await (self.ws.send_bytes(frame) if isinstance(frame, bytes) else self.ws.send_text(frame))
+        if self.replay is not None:
+            self.replay.add(frame)
+
+    async def rebind(self, ws: WebSocket, ready: _Out, received: int) -> int:
+        """The client is back on a new socket: `ready`, then the frames after the first
+        `received`. Returns how many it missed that are no longer kept."""
+        assert self.replay is not None
+        self.ws = ws
+        await self.greet(ready)
+        frames, missing = self.replay.since(received)
+        for frame in frames:
+            await (ws.send_bytes(frame) if isinstance(frame, bytes) else ws.send_text(frame))
+        log.info("resumed: %d frames sent again%s", len(frames), f", {missing} no longer kept" if missing else "")
+        return missing
 
     async def close(self, code: int, reason: str) -> None:
         await self.ws.close(code, reason=reason)
@@ -79,26 +107,32 @@ class Audio:
 
 @dataclass
 class Message:
-    msg: _Out
+    msg: _Out | Callable[[], _Out]  # a callable is made at sending time (a turn's timings include its last send)
     live: Callable[[], bool] | None = None
 
 
 class Outbox:
-    def __init__(self, channel: Channel, on_gone: Callable[[], None]) -> None:
-        self.channel, self._on_gone = channel, on_gone
+    """`hold_on_drop`: when the connection drops, keep what is queued (the session waits
+    for its client to resume) instead of discarding it."""
+
+    def __init__(self, channel: Channel, on_gone: Callable[[], None], hold_on_drop: bool = False) -> None:
+        self.channel, self._on_gone, self.hold_on_drop = channel, on_gone, hold_on_drop
         self._queue: deque[Audio | Message] = deque()
         self._audio_bytes = 0
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
+        self._online = asyncio.Event()  # cleared while the connection is down (held output waits)
+        self._online.set()
         self.closed = False
         self._writer: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._writer = asyncio.create_task(self._write())
 
-    def put(self, msg: _Out, live: Callable[[], bool] | None = None) -> None:
-        """Queue a message (never waits). With `live`, it is dropped if that says no at sending time."""
+    def put(self, msg: _Out | Callable[[], _Out], live: Callable[[], bool] | None = None) -> None:
+        """Queue a message (never waits), or what makes it when its turn to go comes. With
+        `live`, it is dropped if that says no at sending time."""
         if not self.closed:
             self._queue.append(Message(msg, live))
             self._wake.set()
@@ -122,24 +156,41 @@ class Outbox:
         """Wait until everything queued went out (a last message before a close)."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
-                while self._queue and not self.closed:
+                while self._queue and not self.closed and self._online.is_set():
                     await asyncio.sleep(0.01)
+
+    def pause(self) -> None:
+        """The connection is down: output waits in the queue."""
+        self._online.clear()
+
+    def resume(self) -> None:
+        self._online.set()
 
     async def _write(self) -> None:
         while not self.closed:
+            await self._online.wait()
             if not self._queue:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            item = self._queue.popleft()
+            item = self._queue[0]  # taken off once it went out: a drop mid-send keeps it for a resume
             if isinstance(item, Audio):
-                self._audio_bytes -= len(item.pcm)
-                if self._audio_bytes <= AUDIO_BACKLOG:
-                    self._room.set()
-                if item.live() and await self._send(self.channel.send_audio(item.turn_id, item.pcm)):
-                    item.sent(item.pcm)
-            elif item.live is None or item.live():
-                await self._send(self.channel.send(item.msg))
+                live = item.live()
+                if live and not await self._send(self.channel.send_audio(item.turn_id, item.pcm)):
+                    continue
+                if self._queue and self._queue[0] is item:
+                    self._queue.popleft()
+                    self._audio_bytes -= len(item.pcm)
+                    if self._audio_bytes <= AUDIO_BACKLOG:
+                        self._room.set()
+                    if live:
+                        item.sent(item.pcm)
+            else:
+                msg = item.msg() if callable(item.msg) else item.msg
+                if (item.live is None or item.live()) and not await self._send(self.channel.send(msg)):
+                    continue
+                if self._queue and self._queue[0] is item:
+                    self._queue.popleft()
 
     async def _send(self, sending: object) -> bool:
         try:
@@ -148,14 +199,22 @@ class Outbox:
         except TimeoutError:
             log.warning("client not reading for %.0fs: closing", SEND_TIMEOUT)
             SESSION_ERRORS.labels(code="slow_client").inc()
-            self._gone()
+            self._dropped()
             asyncio.create_task(self._close(1008, "client is not reading"))
         except (WebSocketDisconnect, RuntimeError, OSError) as exc:
-            # The client left (or the socket closed under us): nothing more can reach it,
+            # The client left (or the socket closed under us): nothing more can reach it now,
             # and a turn still speaking must end quietly, not crash on its next chunk.
-            log.info("client gone while sending (%s): nothing more is sent", type(exc).__name__)
-            self._gone()
+            log.info("client gone while sending (%s): %s", type(exc).__name__,
+                     "output waits for a resume" if self.hold_on_drop else "nothing more is sent")
+            self._dropped()
         return False
+
+    def _dropped(self) -> None:
+        if self.hold_on_drop:
+            self.pause()
+            self._on_gone()
+        else:
+            self._gone()
 
     def _gone(self) -> None:
         self.closed = True

@@ -58,12 +58,16 @@ STALL_SLACK = 0.1  # audio frames arrive every ~20 ms; a gap longer than this co
 
 class Session:
     def __init__(self, channel: Channel, session_id: str, init: InitMessage, agent: Agent, ups: Upstreams,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+                 clock: Callable[[], float] = time.perf_counter, resumable: bool = False) -> None:
         self.id, self.agent, self.ups, self.cfg, self.clock = session_id, agent, ups, ups.cfg, clock
         self._detector_overrides = (agent.speechDetector, init.speechDetector)
         self.detector = AudioSpeechDetector()  # replaced in start() by the session's own settings
         self._neural = False  # a neural detector runs in a worker thread, not on the event loop
-        self.outbox = Outbox(channel, self._client_gone)
+        self.resumable = resumable  # a dropped connection parks the session (see resume.py) instead of ending it
+        self.outbox = Outbox(channel, self._client_gone, hold_on_drop=resumable)
+        self.detached = False  # the connection dropped; the client may come back
+        self.connection = 0  # bumped at each (re)connection: a handler whose connection was taken over lets go
+        self.started = time.monotonic()  # the duration limit counts across reconnections
         self.echo = EchoGuard(threshold=self.cfg.echo_threshold)
         self.playout = Playout(self.echo, clock)
         self.judge = BargeJudge(self.cfg.backchannel_max, init.allowInterruptions)
@@ -92,14 +96,29 @@ class Session:
         self._last_audio = self.clock()
         self._timer = asyncio.create_task(self._tick())
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def busy(self) -> bool:
-        return self.turns.busy()
+        return self.turns.busy() and not self.detached  # a parked turn cannot finish: a drain does not wait for it
+
+    def detach(self) -> None:
+        """The connection dropped: output waits, and silence is not counted (no audio can come)."""
+        self.detached = True
+        self.outbox.pause()
+
+    def attach(self) -> None:
+        """The client is back (its missed frames were sent again): output and the clock go on."""
+        self.detached = False
+        self._last_audio = self.clock()
+        self.outbox.resume()
 
     async def _tick(self) -> None:
         """Decisions that must not wait for the next audio frame: a client may stop sending."""
         while not self._closed:
             await asyncio.sleep(TICK)
-            if self.clock() - self._last_audio > STALL_SLACK:
+            if self.clock() - self._last_audio > STALL_SLACK and not self.detached:
                 async with self._input:
                     await self._check_progress()
 
@@ -119,11 +138,16 @@ class Session:
 
     async def shutdown(self) -> None:
         """The server is draining: the last message, then a close that says "restart, come back"."""
+        if self.detached:
+            await self.close()  # nobody to tell
+            return
         await self.error("server_shutdown", "the server is restarting; connect again in a moment", recoverable=False)
         await self.close(1012, "server restarting")
 
     def _client_gone(self) -> None:
-        if not self._closed:
+        if self.resumable:
+            self.detach()  # the connection's handler parks the session when its socket reports the drop
+        elif not self._closed:
             asyncio.create_task(self.close())
 
     # ------------------------------------------------------------------ input

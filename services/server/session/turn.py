@@ -233,9 +233,10 @@ class Turn:
             self._complete()
 
     def _complete(self) -> None:
-        """Everything the turn had is queued: DONE, and its timings go out."""
+        """Everything the turn had is queued: DONE, and its timings go out after it (made then:
+        held audio released at the confirmation may not have been sent yet)."""
         self.mark_done()
-        self.deps.outbox.put(Metrics(turn_id=self.id, stages=self.stages()), self._live)
+        self.deps.outbox.put(lambda: Metrics(turn_id=self.id, stages=self.stages()), self._live)
 
     def mark_done(self) -> None:
         """Everything the turn had was sent (it may have had nothing: no usable words)."""

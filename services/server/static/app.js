@@ -76,6 +76,13 @@ const turns = new Map(); // turn id -> {li, user, assistant, meta}
 let pendingUser = null; // bubble for speech whose transcript has not come yet
 let pendingTimer = 0;
 const typed = []; // texts sent as typed input, not yet echoed back as a transcript
+// A dropped connection (a mobile network, a Wi-Fi hand-over) is resumed: the server keeps the
+// session for resume_window_s; we reconnect with its token and the number of frames we got.
+let resume = null; // {token, window} from the newest call_ready
+let framesIn = 0; // frames received after call_ready, on every connection of this session
+let reconnecting = null; // {attempt, since} while we try to get the session back
+const heldMic = []; // microphone frames captured while the connection was down (sent on return)
+const HELD_MIC_MAX = 500; // 10 s of 20 ms frames
 
 // ------------------------------------------------------------------ small helpers
 
@@ -228,14 +235,14 @@ function authHeaders() {
   return value && !tokenSession(value) ? { Authorization: `Bearer ${value}` } : {};
 }
 
-// The WebSocket address for a new session: [session id, url].
-async function sessionAddress() {
+// The WebSocket address for a new session, or for `sid` again (a resume): [session id, url].
+async function sessionAddress(sid = null) {
   const proto = location.protocol === "https:" ? "wss:" : "ws:";
   const base = `${proto}//${location.host}/ws/`;
   const value = credential();
-  const sid = tokenSession(value);
-  if (sid) return [sid, `${base}${sid}?token=${encodeURIComponent(value)}`];
-  const id = randomId();
+  const pasted = tokenSession(value);
+  if (pasted) return [pasted, `${base}${pasted}?token=${encodeURIComponent(value)}`]; // single-use: a resume needs a new one
+  const id = sid || randomId();
   if (!value) return [id, base + id];
   const r = await fetch("/v1/session-tokens", {
     method: "POST",
@@ -347,14 +354,18 @@ function resetSession() {
   if (ui.log.children.length) note(`new call with ${currentAgent().name || currentAgent().id}`, "info");
 }
 
-async function openSocket() {
-  resetSession();
+async function openSocket(resuming = false) {
+  if (!resuming) {
+    resetSession();
+    resume = null;
+  }
   const agent = currentAgent();
   localStorage.setItem("voice.agent", agent.id);
   let url;
   try {
-    [client.sessionId, url] = await sessionAddress();
+    [client.sessionId, url] = await sessionAddress(resuming ? client.sessionId : null);
   } catch (e) {
+    if (resuming) return retryLater();
     note(`not allowed to connect: ${e.message}`);
     teardown("error");
     return;
@@ -366,6 +377,7 @@ async function openSocket() {
     const init = { agentId: agent.id, userId: userId(), agentName: agent.name || "Assistant", audioOut: "binary" };
     const voice = ui.voice.value.trim();
     if (voice) init.voice = voice;
+    if (resuming && resume) init.resume = { token: resume.token, received: framesIn };
     sock.send(JSON.stringify(init));
   };
   sock.onmessage = (e) => {
@@ -377,8 +389,10 @@ async function openSocket() {
       } catch {
         return;
       }
+      if (m.type !== "call_ready" && m.type !== "queued") framesIn += 1;
       onMessage(m);
     } else {
+      framesIn += 1;
       onAudio(e.data);
     }
   };
@@ -387,19 +401,40 @@ async function openSocket() {
   };
   sock.onclose = (e) => {
     if (sock !== ws) return;
+    if (e.code === 1006 && resume && (client.state === "ready" || reconnecting)) return retryLater(); // dropped, not closed
     const why = e.reason ? `: ${e.reason}` : e.code !== 1000 && e.code !== 1005 ? ` (code ${e.code})` : "";
     if (client.state === "ready" || why) note(`connection closed${why}`, e.code === 1000 ? "info" : "error");
     teardown(e.code === 1000 || e.code === 1005 ? "closed" : "error");
   };
 }
 
+// Reconnect with backoff (0.25, 0.5, 1, 2 s...) until the server's resume window is over.
+function retryLater() {
+  ws = null;
+  reconnecting = reconnecting || { attempt: 0, since: performance.now() };
+  const waited = (performance.now() - reconnecting.since) / 1000;
+  if (!resume || waited > resume.window) {
+    reconnecting = null;
+    note("the connection dropped and could not be resumed in time");
+    teardown("error");
+    return;
+  }
+  setConn("connecting", "reconnecting…");
+  const delay = Math.min(2000, 250 * 2 ** reconnecting.attempt++);
+  setTimeout(() => { if (client.state === "connecting" && reconnecting) openSocket(true); }, delay);
+}
+
 function disconnect() {
+  reconnecting = null;
   if (ws && ws.readyState <= WebSocket.OPEN) ws.close(1000, "hang up");
   teardown("closed");
 }
 
 function teardown(state) {
   const sock = ws;
+  reconnecting = null;
+  resume = null;
+  heldMic.length = 0;
   ws = null;
   if (sock && sock.readyState <= WebSocket.OPEN) sock.close(1000);
   if (mic) for (const t of mic.getTracks()) t.stop();
@@ -451,6 +486,8 @@ function onFrame(m) {
     ws.send(m.pcm); // a muted track yields silence, so the detector still sees the pause
     stats.sentFrames += 1;
     stats.sentSamples += m.pcm.byteLength / 2;
+  } else if (reconnecting && heldMic.length < HELD_MIC_MAX) {
+    heldMic.push(m.pcm); // what the user says while we are away reaches the server on return
   }
 }
 
@@ -484,8 +521,16 @@ function onMessage(m) {
   if (client.events.length > 200) client.events.shift();
   switch (m.type) {
     case "call_ready":
+      resume = m.resume_token ? { token: m.resume_token, window: m.resume_window_s } : null;
       setConn("ready");
-      startMic();
+      if (m.resumed) {
+        reconnecting = null;
+        note("reconnected: the conversation goes on", "info");
+        for (const pcm of heldMic.splice(0)) ws.send(pcm);
+      } else {
+        framesIn = 0;
+        startMic();
+      }
       break;
     case "queued":
       // the server is full: we wait for a place (the microphone starts on call_ready)
