@@ -21,10 +21,11 @@ import numpy as np
 import websockets
 
 from shared.audio import as_pcm16, f32le_to_float
+from shared.protocol import ToolCall
 from shared.replicas import Replica, ReplicaError, Replicas, on_replicas, streamed
 from shared.security import service_headers
 from shared.service import ServiceError
-from shared.sse import iter_sse_deltas
+from shared.sse import iter_sse_items
 
 __all__ = ["ChatClient", "Speech", "SpeechAudio", "SpeechEnd", "SpeechEvent", "SttClient", "TtsStream", "UpstreamError", "on_replicas",
            "retryable_status"]
@@ -121,18 +122,19 @@ class ChatClient:
         return replica.url.rstrip("/") + "/v1/chat/completions"
 
     async def stream(
-        self, messages: list[dict[str, str]], on_end_of_turn: Callable[[float], None] | None = None, **options: Any
-    ) -> AsyncIterator[str]:
-        """Text deltas over server-sent events; leaving the loop closes the request,
-        which stops generation on the chat service. With `on_end_of_turn`, asks the chat
-        service how finished the user's last message reads (if its engine can tell).
-        A failure before the first delta is retried; after it, it is the caller's."""
+        self, messages: list[dict[str, Any]], on_end_of_turn: Callable[[float], None] | None = None, **options: Any
+    ) -> AsyncIterator[str | ToolCall]:
+        """Text deltas over server-sent events, and the tools the reply calls (when `tools`
+        were offered); leaving the loop closes the request, which stops generation on the
+        chat service. With `on_end_of_turn`, asks the chat service how finished the user's
+        last message reads (if its engine can tell). A failure before the first delta is
+        retried; after it, it is the caller's."""
         body = {"messages": messages, "stream": True, "end_of_turn": on_end_of_turn is not None, **options}
 
-        async def deltas(replica: Replica) -> AsyncGenerator[str]:
+        async def deltas(replica: Replica) -> AsyncGenerator[str | ToolCall]:
             async with self._open(replica, body) as r:
                 try:
-                    async for delta in iter_sse_deltas(r.aiter_lines(), on_end_of_turn):
+                    async for delta in iter_sse_items(r.aiter_lines(), on_end_of_turn):
                         yield delta
                 except ServiceError as exc:  # an error event inside the stream
                     raise UpstreamError("chat", f"{PUBLIC['chat']} failed", retryable_status(exc.status), exc.message, exc.status) from exc

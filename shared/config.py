@@ -153,6 +153,8 @@ class ServerSettings(BaseSettings):
     max_init_bytes: int = Field(16384, ge=256, description="largest init or control message")
     session_max_duration: float = Field(3600.0, gt=0, description="seconds a session may last")
     session_idle_timeout: float = Field(60.0, gt=0, description="seconds without any client frame before a session ends")
+    tool_timeout: float = Field(10.0, gt=0, description="seconds a client-side tool may take to send its tool_result")
+    tool_modules: str = Field("", description="Python modules (comma-separated) that register server-side tools on import")
     resume_window: float = Field(30.0, ge=0, description="seconds a session whose socket dropped waits for its client "
                                  "to reconnect with the resume token (0: a drop ends the session)")
     max_body_mb: float = Field(26.0, gt=0, description="largest HTTP request body (uploads to the gateway)")

@@ -6,7 +6,7 @@ streaming protocol (session server <-> :8003). Serialize with `dump()`.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -24,6 +24,44 @@ def first_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
     where = ".".join(str(x) for x in err["loc"]) or "message"
     return f"{where}: {err['msg']}"
+
+# --------------------------------------------------------------------------- tools (OpenAI function format)
+
+TOOL_NAME = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+class FunctionSpec(BaseModel):
+    name: str = Field(pattern=TOOL_NAME)
+    description: str = Field("", max_length=1024)
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}},
+                                       description="a JSON schema of the arguments")
+
+
+class Tool(BaseModel):
+    """A tool an agent can call, as OpenAI's chat completions API describes one."""
+
+    type: Literal["function"] = "function"
+    function: FunctionSpec
+
+
+class NamedToolChoice(BaseModel):
+    type: Literal["function"] = "function"
+    function: dict[str, str]  # {"name": ...}
+
+
+ToolChoice = Literal["auto", "none", "required"] | NamedToolChoice
+
+
+class ToolCall(BaseModel):
+    """The model asks for a tool: `arguments` is JSON text, as the model wrote it."""
+
+    id: str = Field(max_length=128)
+    name: str = Field(pattern=TOOL_NAME)
+    arguments: str = Field("{}", max_length=16000)
+
+    def wire(self, index: int = 0) -> dict[str, Any]:
+        """As an OpenAI `tool_calls` entry (a streamed delta carries the index)."""
+        return {"index": index, "id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
 
 # --------------------------------------------------------------------------- session: client -> server
 
@@ -86,7 +124,16 @@ class ConfigIn(BaseModel):
     voice: str | None = Field(None, pattern=VOICE_ID)
 
 
-ClientMessage = Annotated[TranscriptIn | PlaybackIn | InterruptIn | ConfigIn, Field(discriminator="type")]
+class ToolResultIn(BaseModel):
+    """The client ran a tool the server asked it for (`tool_call`): its result, or why it failed."""
+
+    type: Literal["tool_result"]
+    call_id: str = Field(max_length=128)
+    content: str = Field("", max_length=8000, description="the result, as text or JSON text")
+    error: str | None = Field(None, max_length=1000)
+
+
+ClientMessage = Annotated[TranscriptIn | PlaybackIn | InterruptIn | ConfigIn | ToolResultIn, Field(discriminator="type")]
 client_message = TypeAdapter(ClientMessage)
 
 # --------------------------------------------------------------------------- session: server -> client
@@ -165,6 +212,17 @@ class TtsStream(_Out):
 class TtsStreamEnd(_Out):
     type: Literal["tts_stream_end"] = "tts_stream_end"
     turn_id: int
+
+
+class ToolCallOut(_Out):
+    """Run this tool on the client and answer with `tool_result` (same call_id)."""
+
+    type: Literal["tool_call"] = "tool_call"
+    turn_id: int
+    call_id: str
+    name: str
+    arguments: dict[str, Any]
+    timeout_s: float
 
 
 class Interrupted(_Out):

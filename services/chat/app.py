@@ -17,7 +17,7 @@ from services.chat.engines.base import ChatEngine, ChatMessage, EndOfTurn, Gener
 from services.chat.engines.groq import GroqEngine
 from shared.config import ChatSettings
 from shared.logs import setup_logging, user_text
-from shared.protocol import StopSequences
+from shared.protocol import StopSequences, Tool, ToolCall, ToolChoice
 from shared.service import ServiceError, create_service, require_ready
 
 log = setup_logging("chat")
@@ -74,6 +74,8 @@ class CompletionRequest(BaseModel):
     stop: StopSequences = None
     end_of_turn: bool = Field(False, description="extension: first SSE event is {'object': 'end_of_turn', 'probability'} "
                               "(how finished the last user message reads), when the engine supports it")
+    tools: list[Tool] | None = Field(None, max_length=32, description="functions the model may call (OpenAI format)")
+    tool_choice: ToolChoice | None = None
 
 
 def _options(req: CompletionRequest) -> GenerationOptions:
@@ -82,20 +84,28 @@ def _options(req: CompletionRequest) -> GenerationOptions:
         max_tokens=min(req.max_tokens or cfg.max_tokens, cfg.max_tokens_limit),  # one request cannot hold a slot for minutes
         temperature=cfg.temperature if req.temperature is None else req.temperature,
         stop=tuple(stop),
+        tools=tuple(req.tools or ()),
+        tool_choice=req.tool_choice,
     )
 
 
-async def _collect(eng: ChatEngine, messages: list[ChatMessage], opts: GenerationOptions) -> str:
+async def _collect(eng: ChatEngine, messages: list[ChatMessage], opts: GenerationOptions) -> tuple[str, list[ToolCall]]:
+    """The whole reply: its text, and the tools it calls."""
     global _active
     eng.check(messages, opts)
     t0 = time.perf_counter()
     _active += 1
+    parts: list[str] = []
+    calls: list[ToolCall] = []
     try:
-        text = "".join([d async for d in eng.stream(messages, opts)]).strip()
+        async for item in eng.stream(messages, opts):
+            (calls if isinstance(item, ToolCall) else parts).append(item)  # type: ignore[arg-type]
     finally:
         _active -= 1
-    log.info("%s reply in %.0f ms: %s", eng.name, (time.perf_counter() - t0) * 1000, user_text(text))
-    return text
+    text = "".join(parts).strip()
+    log.info("%s reply in %.0f ms: %s%s", eng.name, (time.perf_counter() - t0) * 1000, user_text(text),
+             "".join(f" [calls {c.name}]" for c in calls))
+    return text, calls
 
 
 @app.post("/v1/chat/completions", summary="OpenAI-compatible chat completion (stream: true gives SSE)")
@@ -104,10 +114,13 @@ async def completions(req: CompletionRequest):  # type: ignore[no-untyped-def]
     opts, cid, created = _options(req), f"chatcmpl-{uuid.uuid4().hex[:16]}", int(time.time())
     model = req.model or engine.name
     if not req.stream:
-        text = await _collect(engine, req.messages, opts)
+        text, calls = await _collect(engine, req.messages, opts)
+        message: dict = {"role": "assistant", "content": text or (None if calls else "")}
+        if calls:
+            message["tool_calls"] = [{k: v for k, v in c.wire().items() if k != "index"} for c in calls]
         return {
             "id": cid, "object": "chat.completion", "created": created, "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if calls else "stop"}],
         }
 
     def event(delta: dict, finish: str | None = None) -> str:
@@ -119,13 +132,17 @@ async def completions(req: CompletionRequest):  # type: ignore[no-untyped-def]
 
     async def sse() -> AsyncIterator[str]:
         global _active
-        t0, first, n = time.perf_counter(), None, 0
+        t0, first, n, calls = time.perf_counter(), None, 0, 0
         yield event({"role": "assistant"})
         _active += 1
         try:
             async for item in engine.generate(req.messages, opts, end_of_turn=req.end_of_turn):
                 if isinstance(item, EndOfTurn):
                     yield f"data: {json.dumps({'object': 'end_of_turn', 'probability': round(item.probability, 4)})}\n\n"
+                    continue
+                if isinstance(item, ToolCall):  # whole, in one delta (OpenAI streams it in parts; both parse the same)
+                    yield event({"tool_calls": [item.wire(calls)]})
+                    calls += 1
                     continue
                 if first is None:
                     first = time.perf_counter() - t0
@@ -141,7 +158,7 @@ async def completions(req: CompletionRequest):  # type: ignore[no-untyped-def]
             return
         finally:
             _active -= 1
-        yield event({}, "stop")
+        yield event({}, "tool_calls" if calls else "stop")
         yield "data: [DONE]\n\n"
         log.info("streamed %d deltas: first %.0f ms, total %.0f ms", n, (first or 0) * 1000, (time.perf_counter() - t0) * 1000)
 
@@ -177,7 +194,7 @@ async def _simple(eng: ChatEngine, body: SimpleChat) -> dict[str, str]:
     history = histories.get(body.session_id)
     system = [ChatMessage(role="system", content=body.personality)] if body.personality else []
     user = ChatMessage(role="user", content=body.text)
-    reply = await _collect(eng, [*system, *history, user], GenerationOptions(cfg.max_tokens, cfg.temperature))
+    reply, _ = await _collect(eng, [*system, *history, user], GenerationOptions(cfg.max_tokens, cfg.temperature))
     history.extend([user, ChatMessage(role="assistant", content=reply)])
     return {"response": reply, "session_id": body.session_id}
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from services.server.telephony.screening import VoicemailPolicy
-from shared.protocol import DetectorOverrides
+from shared.protocol import DetectorOverrides, Tool
 
 log = logging.getLogger("server.agents")
 
@@ -22,6 +22,8 @@ class Agent(BaseModel):
     speechDetector: DetectorOverrides | None = None
     voicemail: VoicemailPolicy | None = Field(None, description="phone calls: screen the first words for an answering "
                                               "machine, and hang up or leave a message (telephony/screening.py)")
+    tools: list[Tool] = Field(default_factory=list, max_length=32, description="OpenAI function format: a name "
+                              "registered on the server runs there (services/server/tools.py), any other on the client")
 
 
 class AgentBook(BaseModel):

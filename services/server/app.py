@@ -29,6 +29,7 @@ from services.server.telephony import TwilioChannel, TwilioSettings, make_router
 from services.server.telephony.screening import Screening
 from services.server.telephony.twilio import CallRefused, Start
 from services.server.telephony.webhook import STREAM_PATH
+from services.server.tools import registry as tool_registry
 from services.server.upstreams import Upstreams
 from shared.clients import UpstreamError
 from shared.config import ServerSettings, common
@@ -63,6 +64,7 @@ admission = Admission(cfg.max_sessions, cfg.max_sessions_per_key, cfg.max_queued
 
 
 async def _load() -> None:
+    tool_registry.load(cfg.tool_modules)
     deps.agents = AgentBook.load(cfg.agents_file)
     deps.upstreams = app.state.upstreams = Upstreams.build(cfg)  # the gateway's routes reach it through a dependency
 

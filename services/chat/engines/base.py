@@ -5,16 +5,23 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from shared.protocol import Tool, ToolCall, ToolChoice
 from shared.service import ServiceError
 
 
 class ChatMessage(BaseModel):
-    role: Literal["system", "user", "assistant"]
-    content: str = Field(max_length=8000)
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str | None = Field("", max_length=8000)
+    tool_calls: list[dict[str, Any]] | None = Field(None, max_length=8, description="assistant: the tools it called (OpenAI format)")
+    tool_call_id: str | None = Field(None, max_length=128, description="tool: the call this result answers")
+
+    @property
+    def text(self) -> str:
+        return self.content or ""
 
 
 @dataclass(frozen=True)
@@ -22,6 +29,22 @@ class GenerationOptions:
     max_tokens: int
     temperature: float
     stop: tuple[str, ...] = ()
+    tools: tuple[Tool, ...] = ()  # offered to the model (OpenAI function format)
+    tool_choice: ToolChoice | None = None  # None: "auto" when tools are offered
+
+
+def tools_body(opts: GenerationOptions) -> dict[str, Any]:
+    """The `tools` and `tool_choice` of an OpenAI request, for engines that pass them on."""
+    if not opts.tools:
+        return {}
+    body: dict[str, Any] = {"tools": [t.model_dump() for t in opts.tools]}
+    if opts.tool_choice is not None:
+        body["tool_choice"] = opts.tool_choice if isinstance(opts.tool_choice, str) else opts.tool_choice.model_dump()
+    return body
+
+
+def wire_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
+    return [m.model_dump(exclude_none=True) for m in messages]
 
 
 class ContextOverflow(ServiceError):
@@ -62,7 +85,7 @@ class ChatEngine(ABC):
 
     async def generate(
         self, messages: list[ChatMessage], opts: GenerationOptions, end_of_turn: bool = False
-    ) -> AsyncIterator[str | EndOfTurn]:
+    ) -> AsyncIterator[str | EndOfTurn | ToolCall]:
         """Like stream(), optionally preceded by an EndOfTurn; engines that can read it
         while prefilling the reply override this to do both in one pass."""
         if end_of_turn and (p := await self.end_of_turn(messages)) is not None:
@@ -71,5 +94,6 @@ class ChatEngine(ABC):
             yield delta
 
     @abstractmethod
-    def stream(self, messages: list[ChatMessage], opts: GenerationOptions) -> AsyncIterator[str]:
-        """Text deltas of the assistant's reply. Closing the iterator stops generation."""
+    def stream(self, messages: list[ChatMessage], opts: GenerationOptions) -> AsyncIterator[str | ToolCall]:
+        """Text deltas of the assistant's reply, and the tools it calls (when `opts.tools`
+        offered some). Closing the iterator stops generation."""

@@ -71,6 +71,7 @@ class Job:
     outbox: Outbox
     eot_index: int | None = None  # prompt index whose logits give P(end of turn)
     eot_prompt: list[int] | None = None  # ...or a separate open-user prompt, when tokens merge at the boundary
+    grammar: str | None = None  # GBNF the reply must follow (a tool call's arguments)
     cancelled: threading.Event = field(default_factory=threading.Event)
     submitted: float = field(default_factory=time.perf_counter)
 
@@ -216,7 +217,7 @@ class Scheduler:
             first = job.eot_prompt or job.prompt
             slot = max(free, key=lambda s: (_common(s.cached, first), -s.last_used))
             slot.job, slot.n_gen = job, 0
-            slot.sampler = _sampler(job.opts, self.n_vocab)
+            slot.sampler = _sampler(job.opts, self.n_vocab, self.vocab, job.grammar)
             slot.filter = StopFilter(job.opts.stop)
             self._start_prompt(slot, first, job.eot_index if job.eot_prompt is None else len(first) - 1)
             metrics.ACTIVE_SEQUENCES.set(self.in_flight())
@@ -317,11 +318,14 @@ class Scheduler:
         metrics.ACTIVE_SEQUENCES.set(self.in_flight())
 
 
-def _sampler(opts: GenerationOptions, n_vocab: int) -> Any:
+def _sampler(opts: GenerationOptions, n_vocab: int, vocab: Any = None, grammar: str | None = None) -> Any:
     """The sampling of Llama.create_completion (repeat penalty 1.1 over 64 tokens, top-k 40,
-    top-p 0.9, min-p 0.05); temperature 0 is greedy, so replies are deterministic."""
+    top-p 0.9, min-p 0.05); temperature 0 is greedy, so replies are deterministic. With a
+    grammar, only tokens it allows are candidates (and it ends the reply when complete)."""
     chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
     add = llama_cpp.llama_sampler_chain_add
+    if grammar is not None:
+        add(chain, llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode(), b"root"))
     add(chain, llama_cpp.llama_sampler_init_penalties(n_vocab, 64, 1.1, 0.0, 0.0))
     if opts.temperature <= 0:
         add(chain, llama_cpp.llama_sampler_init_greedy())

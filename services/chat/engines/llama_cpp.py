@@ -9,12 +9,17 @@ of context of its own.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+import dataclasses
+import json
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from services.chat.engines.base import ChatEngine, ChatMessage, ContextOverflow, EndOfTurn, GenerationOptions
-from services.chat.prompt import STOP, build_prompt
+from services.chat.prompt import CALLS, STOP, build_prompt, chosen_tool
 from shared.config import ChatSettings
+from shared.protocol import NamedToolChoice, Tool, ToolCall
+from shared.service import ServiceError
 
 N_BATCH = 512
 
@@ -107,9 +112,19 @@ class LlamaCppEngine(ChatEngine):
         """Tokenize and check the context before anything is streamed (ContextOverflow: a 400)."""
         from services.chat.engines.llama_batch import Job, Outbox
 
-        opts = GenerationOptions(opts.max_tokens, opts.temperature, STOP + opts.stop)
-        prompt = self._checked_prompt(messages, opts)
-        job = Job(prompt, opts, Outbox(asyncio.get_running_loop()))
+        offered, calling, may_call = tool_plan(opts)
+        grammar = None
+        if calling is not None:  # the arguments must follow the tool's schema: a grammar makes them
+            from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+            schema = next(t.function.parameters for t in offered if t.function.name == calling)
+            grammar = json_schema_to_gbnf(json.dumps(schema))
+        elif offered and not may_call:
+            grammar = WORDS_ONLY
+        stops = () if calling is not None else STOP + opts.stop  # the grammar ends a call
+        opts = GenerationOptions(opts.max_tokens, opts.temperature, stops)
+        prompt = self._checked_prompt(messages, opts, offered, calling)
+        job = Job(prompt, opts, Outbox(asyncio.get_running_loop()), grammar=grammar)
         if end_of_turn and messages[-1].role == "user":
             # One decode gives both P(end of turn), from the logits right after the user's
             # words, and the reply's first token, from the logits at the end of the prompt.
@@ -121,18 +136,61 @@ class LlamaCppEngine(ChatEngine):
                 job.eot_prompt = opened
         return job
 
-    def _checked_prompt(self, messages: list[ChatMessage], opts: GenerationOptions) -> list[int]:
-        prompt = self._tokenize(build_prompt(messages))
+    def _checked_prompt(self, messages: list[ChatMessage], opts: GenerationOptions, tools: tuple[Tool, ...] = (),
+                        calling: str | None = None) -> list[int]:
+        prompt = self._tokenize(build_prompt(messages, tools=tools, calling=calling))
         if len(prompt) + opts.max_tokens > self.n_ctx:
             raise ContextOverflow(len(prompt), self.n_ctx, opts.max_tokens)
         return prompt
 
     def check(self, messages: list[ChatMessage], opts: GenerationOptions) -> None:
-        self._checked_prompt(messages, opts)
+        self._checked_prompt(messages, opts, *tool_plan(opts)[:2])
 
     async def generate(
         self, messages: list[ChatMessage], opts: GenerationOptions, end_of_turn: bool = False
-    ) -> AsyncIterator[str | EndOfTurn]:
+    ) -> AsyncIterator[str | EndOfTurn | ToolCall]:
+        offered, calling, may_call = tool_plan(opts)
+        if not may_call:
+            async for item in self._generate(messages, opts, end_of_turn):
+                yield item
+            return
+        if calling is None:  # the model may call: it picks the tool, a grammar then writes the arguments
+            async with contextlib.aclosing(self._words_or_call(messages, opts, offered, end_of_turn)) as items:
+                async for part in items:
+                    if isinstance(part, _Chosen):
+                        calling = part.name
+                        break
+                    yield part
+            if calling is None:
+                return
+            opts = dataclasses.replace(opts, tool_choice=NamedToolChoice(function={"name": calling}))
+            end_of_turn = False
+        args = "".join([x async for x in self._generate(messages, opts, end_of_turn) if isinstance(x, str)])
+        yield ToolCall(id="call_0", name=calling, arguments=args.strip())
+
+    async def _words_or_call(self, messages: list[ChatMessage], opts: GenerationOptions, offered: tuple[Tool, ...],
+                             end_of_turn: bool) -> AsyncGenerator[str | EndOfTurn | _Chosen]:
+        """The reply, held while it could still open `[calls NAME `: words stream as soon as it
+        cannot; a call ends with the tool it names (the generation stops there)."""
+        text, words = "", False
+        async with contextlib.aclosing(self._generate(messages, opts, end_of_turn)) as items:
+            async for item in items:
+                if isinstance(item, EndOfTurn) or words:
+                    yield item
+                    continue
+                text += item
+                head = text.lstrip()
+                if head and not (CALL_OPENER.startswith(head) or head.startswith(CALL_OPENER)):
+                    words = True
+                    yield text
+                elif (name := chosen_tool(text, offered)) is not None:
+                    yield _Chosen(name)
+                    return
+        # a call it opened but never named is not words to speak
+
+    async def _generate(
+        self, messages: list[ChatMessage], opts: GenerationOptions, end_of_turn: bool = False
+    ) -> AsyncGenerator[str | EndOfTurn]:
         from services.chat.engines.llama_batch import DONE
 
         job = self._job(messages, opts, end_of_turn)
@@ -153,8 +211,42 @@ class LlamaCppEngine(ChatEngine):
                 return item.probability
         return None
 
-    async def stream(self, messages: list[ChatMessage], opts: GenerationOptions) -> AsyncIterator[str]:  # type: ignore[override]
+    async def stream(self, messages: list[ChatMessage], opts: GenerationOptions) -> AsyncIterator[str | ToolCall]:  # type: ignore[override]
         async for item in self.generate(messages, opts):
-            if isinstance(item, str):
+            if not isinstance(item, EndOfTurn):
                 yield item
+
+
+CALL_OPENER = f"[{CALLS} "
+
+
+@dataclasses.dataclass(frozen=True)
+class _Chosen:
+    name: str  # the tool the reply opened a call of
+
+
+# tool_choice "none" after a tool round: the prompt still shows the tools (the model learns the
+# pattern from them), and this grammar keeps it from writing a call: one line of words.
+WORDS_ONLY = 'root ::= " "? [^[\\n ] [^\\n]* "\\n"'
+
+
+def tool_plan(opts: GenerationOptions) -> tuple[tuple[Tool, ...], str | None, bool]:
+    """The tools the prompt shows, the one the model must call (None: it may answer in
+    words), and whether it may call one at all."""
+    choice = opts.tool_choice
+    if not opts.tools:
+        return (), None, False
+    if choice == "none":
+        return opts.tools, None, False
+    if isinstance(choice, NamedToolChoice):
+        name = choice.function.get("name")
+        if name not in {t.function.name for t in opts.tools}:
+            raise ServiceError(400, f"tool_choice names {name!r}, which is not among the tools")
+        return opts.tools, name, True
+    if choice == "required":
+        if len(opts.tools) > 1:
+            raise ServiceError(400, "tool_choice 'required' with several tools: name the one to call "
+                               "({'type': 'function', 'function': {'name': ...}}); this engine forces one at a time")
+        return opts.tools, opts.tools[0].function.name, True
+    return opts.tools, None, True
 

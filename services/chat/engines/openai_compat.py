@@ -7,10 +7,11 @@ from collections.abc import AsyncIterator
 
 import httpx
 
-from services.chat.engines.base import ChatEngine, ChatMessage, GenerationOptions
+from services.chat.engines.base import ChatEngine, ChatMessage, GenerationOptions, tools_body, wire_messages
 from shared.config import ChatSettings
+from shared.protocol import ToolCall
 from shared.service import ServiceError
-from shared.sse import iter_sse_deltas
+from shared.sse import iter_sse_items
 
 log = logging.getLogger("chat")
 
@@ -35,13 +36,14 @@ class OpenAICompatEngine(ChatEngine):
         if not self.cfg.openai_model and r.status_code == 200:
             self.cfg.openai_model = r.json()["data"][0]["id"]
 
-    async def stream(self, messages: list[ChatMessage], opts: GenerationOptions) -> AsyncIterator[str]:
+    async def stream(self, messages: list[ChatMessage], opts: GenerationOptions) -> AsyncIterator[str | ToolCall]:
         body = {
             "model": self.cfg.openai_model,
-            "messages": [m.model_dump() for m in messages],
+            "messages": wire_messages(messages),
             "max_tokens": opts.max_tokens,
             "temperature": opts.temperature,
             "stream": True,
+            **tools_body(opts),  # vLLM (--enable-auto-tool-choice), llama.cpp server (--jinja), hosted APIs
         }
         if opts.stop:
             body["stop"] = list(opts.stop)
@@ -50,5 +52,5 @@ class OpenAICompatEngine(ChatEngine):
                 detail = (await r.aread()).decode(errors="replace")[:300]
                 log.warning("upstream chat server answered %d: %s", r.status_code, detail)  # the body is for the log only
                 raise ServiceError(502, f"upstream chat server answered {r.status_code}", retryable=r.status_code >= 500)
-            async for delta in iter_sse_deltas(r.aiter_lines()):
-                yield delta
+            async for item in iter_sse_items(r.aiter_lines()):
+                yield item

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from services.chat.engines.base import ChatEngine, ChatMessage, GenerationOptions
+from services.chat.engines.base import ChatEngine, ChatMessage, GenerationOptions, wire_messages
 from shared.config import ChatSettings
 from shared.service import MissingDependency
 
@@ -35,7 +35,10 @@ class VllmEngine(ChatEngine):
         from vllm import SamplingParams
 
         assert self.engine is not None and self.tokenizer is not None
-        prompt = self.tokenizer.apply_chat_template([m.model_dump() for m in messages], tokenize=False, add_generation_prompt=True)
+        # Tools reach the model through its chat template; their calls come back as its text (a
+        # `vllm serve --enable-auto-tool-choice` behind the `openai` engine parses them into tool_calls).
+        tools = [t.model_dump() for t in opts.tools] or None
+        prompt = self.tokenizer.apply_chat_template(wire_messages(messages), tools=tools, tokenize=False, add_generation_prompt=True)
         params = SamplingParams(max_tokens=opts.max_tokens, temperature=opts.temperature, stop=list(opts.stop) or None)
         request_id = uuid.uuid4().hex
         sent = 0

@@ -171,7 +171,8 @@ async def chat_stream(ups: Upstreams, messages: list[dict[str, str]], **options:
     """Text deltas of the reply (the session server's chat client: the same auth, retries and errors)."""
     opts = {k: v for k, v in options.items() if v is not None}
     async for delta in ups.chat.stream(messages, **opts):
-        yield delta
+        if isinstance(delta, str):  # no tools are offered here
+            yield delta
 
 
 async def chat_text(ups: Upstreams, messages: list[dict[str, str]], **options: Any) -> str:

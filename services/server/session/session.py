@@ -26,6 +26,7 @@ from services.server.session.detector import new_detector
 from services.server.session.playout import Playout
 from services.server.session.turn import TurnDeps
 from services.server.session.turn_taker import TurnTaker
+from services.server.tools import ToolRunner
 from shared.audio import STT_RATE, active_level, pcm16_to_float
 from shared.logs import user_text
 from shared.metrics import SESSION_ERRORS
@@ -38,6 +39,7 @@ from shared.protocol import (
     SpeechEnd,
     SpeechStart,
     SttPartial,
+    ToolResultIn,
     TranscriptIn,
     TranscriptPartial,
 )
@@ -71,8 +73,9 @@ class Session:
         self.echo = EchoGuard(threshold=self.cfg.echo_threshold)
         self.playout = Playout(self.echo, clock)
         self.judge = BargeJudge(self.cfg.backchannel_max, init.allowInterruptions)
+        self.tools = ToolRunner(agent.tools, self.outbox.put, self.cfg.tool_timeout) if agent.tools else None
         deps = TurnDeps(chat=ups.chat, open_speech=ups.open_speech, outbox=self.outbox, on_audio_sent=self.playout.on_sent,
-                        voice=init.voice or agent.voice, first_chunk_max_words=self.cfg.first_chunk_max_words)
+                        voice=init.voice or agent.voice, first_chunk_max_words=self.cfg.first_chunk_max_words, tools=self.tools)
         self.turns = TurnTaker(deps, self.playout, self.cfg, init.systemPrompt or agent.systemPrompt, on_open=self._new_words, clock=clock)
         self.live = LiveTranscriber(ups.stt.replicas, init.language, self._on_partial) if self.cfg.streaming_stt else None
         self._odd_byte = b""
@@ -334,6 +337,9 @@ class Session:
                 await self.turns.typed(msg.text)
         elif isinstance(msg, PlaybackIn):
             self.turns.ack(msg.turn_id, msg.played_ms)
+        elif isinstance(msg, ToolResultIn):
+            if self.tools is None or not self.tools.result(msg):
+                await self.error("unknown_tool_call", f"no tool call {msg.call_id!r} is waiting for a result (late, or never made)")
         elif isinstance(msg, InterruptIn):
             async with self._input:
                 await self.turns.interrupt()

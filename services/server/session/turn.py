@@ -18,20 +18,22 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from enum import StrEnum
+from typing import Any
 
 from services.server.session.channel import Audio, Outbox
+from services.server.session.turn_state import _ENDED, _NEXT, Outcome, TurnState
+from services.server.tools import FALLBACK, MAX_ROUNDS, ToolFailed, ToolRunner
 from shared.clients import ChatClient, Speech, SpeechAudio, UpstreamError
 from shared.logs import TURN_LOG, user_text
 from shared.metrics import SESSION_ERRORS, TURN_STAGE, TURNS
-from shared.protocol import ErrorOut, Metrics, ResponseText, TranscriptOut, TtsStreamEnd, _Out
+from shared.protocol import ErrorOut, Metrics, ResponseText, ToolCall, TranscriptOut, TtsStreamEnd, _Out
 from shared.text_chunker import TextChunker
 
 log = logging.getLogger("server.turn")
 F32 = 4  # bytes per output sample (24 kHz float32 LE)
 
 Transcriber = Callable[[], Awaitable[str]]
-Prompt = list[dict[str, str]]  # the conversation so far (system prompt first); the user's words are added
+Prompt = list[dict[str, Any]]  # the conversation so far (system prompt first); the user's words are added
 
 
 def usable_transcript(text: str) -> bool:
@@ -49,42 +51,13 @@ class TurnDeps:
     voice: str | None
     max_tokens: int = 60
     first_chunk_max_words: int = 5
+    tools: ToolRunner | None = None  # the agent's tools (None: it has none)
 
 
 @dataclass
 class Piece:
     text: str
     samples: int = 0
-
-
-class TurnState(StrEnum):
-    LISTENING = "listening"  # the user is speaking; live captions
-    SPECULATING = "speculating"  # the user paused: the answer is computed, its output held
-    CONFIRMED = "confirmed"  # the user finished: output is released as it comes
-    SPEAKING = "speaking"  # audio of the answer has gone out
-    DONE = "done"  # everything was sent (the client may still be playing it)
-    INTERRUPTED = "interrupted"  # the user spoke over the answer: cut, what was heard is kept
-    MERGED = "merged"  # the user had not finished: forgotten, a later turn `replaces` it
-    DROPPED = "dropped"  # never confirmed (the session ended, or nothing usable was said)
-
-
-class Outcome(StrEnum):
-    """How a turn's pipeline ended, reported once to `on_end`."""
-
-    ANSWERED = "answered"  # the whole reply was produced
-    NOTHING = "nothing"  # no usable words: no reply
-    FAILED = "failed"  # a service failed (the client was told)
-    CANCELLED = "cancelled"  # stopped from outside (listen again, interrupt, close)
-
-
-_NEXT: dict[TurnState, set[TurnState]] = {
-    TurnState.LISTENING: {TurnState.SPECULATING, TurnState.DROPPED},
-    TurnState.SPECULATING: {TurnState.LISTENING, TurnState.CONFIRMED, TurnState.DROPPED},
-    TurnState.CONFIRMED: {TurnState.SPEAKING, TurnState.DONE, TurnState.INTERRUPTED, TurnState.MERGED},
-    TurnState.SPEAKING: {TurnState.DONE, TurnState.INTERRUPTED, TurnState.MERGED},
-    TurnState.DONE: {TurnState.INTERRUPTED, TurnState.MERGED},  # its audio may still be playing
-}
-_ENDED = {TurnState.INTERRUPTED, TurnState.MERGED, TurnState.DROPPED}
 
 
 class Turn:
@@ -106,6 +79,7 @@ class Turn:
         self.by_words = False  # speculating because the words stopped, not the sound (a noisy room)
         self._recorded = False
         self.task: asyncio.Task[None] | None = None
+        self.released = asyncio.Event()  # confirmed: from here the answer may act (call tools)
         self._fresh(time.perf_counter())
 
     def _fresh(self, speech_end: float) -> None:
@@ -223,6 +197,7 @@ class Turn:
             return
         self.mark("confirmed")
         self.advance(TurnState.CONFIRMED)
+        self.released.set()
         for item in self._pending:
             if isinstance(item, Audio):
                 self.deps.outbox.put_audio(item)
@@ -306,22 +281,32 @@ class Turn:
                 _close_later(speech)  # closing is the cancel; a barge-in awaits this task on the input path
 
     async def _reply(self, speech: Speech | None, messages: Prompt) -> None:
-        """Chat deltas to the client as text, cut into pieces for the speech; returns once all is spoken."""
+        """Chat deltas to the client as text, cut into pieces for the speech; the tools the
+        reply calls, then the chat again with their results; returns once all is spoken."""
         chunker = TextChunker(first_max_words=self.deps.first_chunk_max_words)
         chat_done = asyncio.Event()
         player = asyncio.create_task(self._play(speech, chat_done)) if speech is not None else None
+        tools = self.deps.tools
         try:
-            async for delta in self.deps.chat.stream(messages, self._on_end_of_turn, max_tokens=self.deps.max_tokens):
-                self.mark("first_token")
-                self.judged.set()  # engines that cannot estimate the end of turn send none
-                self.reply += delta
-                self.emit(ResponseText(turn_id=self.id, text=delta))
-                if speech is not None:
-                    for piece in chunker.push(delta):
-                        await self._say(speech, piece)
-            if speech is not None:
-                for piece in chunker.flush():
-                    await self._say(speech, piece)
+            for rounds in range(MAX_ROUNDS + 1):
+                offer = (tools.offer() if tools else {}) | ({"tool_choice": "none"} if rounds == MAX_ROUNDS else {})
+                calls = await self._chat(messages, speech, chunker, offer, self._on_end_of_turn if rounds == 0 else None)
+                if not calls or tools is None:
+                    break
+                await self._flush(speech, chunker)  # what it said before the call is heard first
+                await self.released.wait()  # a held (speculative) answer must not act: the user may go on
+                self.mark("tool_call")
+
+                async def filler(text: str) -> None:
+                    await self._words(f" {text}", speech, chunker)
+                    await self._flush(speech, chunker)
+
+                try:
+                    messages = [*messages, *await tools.answer(self.id, calls, filler)]
+                except ToolFailed:
+                    await self._words(f" {FALLBACK}", speech, chunker)
+                    break
+            await self._flush(speech, chunker)
             chat_done.set()
             if player is not None and self._ended < len(self.pieces):
                 await player  # raises UpstreamError when the speech cannot go on
@@ -330,6 +315,31 @@ class Turn:
                 player.cancel()
                 with contextlib.suppress(asyncio.CancelledError, UpstreamError):
                     await player
+
+    async def _chat(self, messages: Prompt, speech: Speech | None, chunker: TextChunker, offer: dict[str, Any],
+                    on_end_of_turn: Callable[[float], None] | None) -> list[ToolCall]:
+        """One chat request: its words go out as they come; the tools it calls are returned."""
+        calls: list[ToolCall] = []
+        async for item in self.deps.chat.stream(messages, on_end_of_turn, max_tokens=self.deps.max_tokens, **offer):
+            self.mark("first_token")
+            self.judged.set()  # engines that cannot estimate the end of turn send none
+            if isinstance(item, ToolCall):
+                calls.append(item)
+            else:
+                await self._words(item, speech, chunker)
+        return calls
+
+    async def _words(self, text: str, speech: Speech | None, chunker: TextChunker) -> None:
+        self.reply += text
+        self.emit(ResponseText(turn_id=self.id, text=text))
+        if speech is not None:
+            for piece in chunker.push(text):
+                await self._say(speech, piece)
+
+    async def _flush(self, speech: Speech | None, chunker: TextChunker) -> None:
+        if speech is not None:
+            for piece in chunker.flush():
+                await self._say(speech, piece)
 
     def _on_end_of_turn(self, probability: float) -> None:
         self.end_of_turn = probability

@@ -536,6 +536,9 @@ function onMessage(m) {
       // the server is full: we wait for a place (the microphone starts on call_ready)
       setConn("connecting", `queued: #${m.position}, about ${Math.ceil(m.estimated_wait_s)} s`);
       break;
+    case "tool_call":
+      onToolCall(m);
+      break;
     case "speech_start":
       showPendingUser("…");
       setActivity("user", "You're speaking…");
@@ -593,6 +596,24 @@ function onMessage(m) {
       break;
     default:
       break;
+  }
+}
+
+// Client-side tools: the agent asks this page for something only it knows.
+const pageTools = {
+  get_user_time: () => ({ time: new Date().toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }), timezone: Intl.DateTimeFormat().resolvedOptions().timeZone }),
+};
+
+function onToolCall(m) {
+  const tool = pageTools[m.name];
+  if (!tool) {
+    send({ type: "tool_result", call_id: m.call_id, error: `this page has no tool ${m.name}` });
+    return;
+  }
+  try {
+    send({ type: "tool_result", call_id: m.call_id, content: JSON.stringify(tool(m.arguments)) });
+  } catch (e) {
+    send({ type: "tool_result", call_id: m.call_id, error: String(e.message || e) });
   }
 }
 
