@@ -574,8 +574,9 @@ def guarded_webhook(token: str = "") -> TestClient:
         await ws.send_text("ok")
         await ws.close()
 
-    app.add_middleware(Guard, config=GuardConfig("server", 10**6, None, "/ws/", "/telephony/"),
-                       keys=KeyRing(["sk-test-0123456789"]), tokens=SessionTokens(b"x", 60))
+    keys, tokens = KeyRing(["sk-test-0123456789"]), SessionTokens(b"x", 60)
+    app.state.keys, app.state.tokens = keys, tokens  # as create_service does
+    app.add_middleware(Guard, config=GuardConfig("server", 10**6, None, "/ws/", "/telephony/"), keys=keys, tokens=tokens)
     return TestClient(app, base_url="https://voice.example.com")
 
 
@@ -595,3 +596,20 @@ def test_with_api_keys_on_telephony_needs_twilio_signature_or_a_key() -> None:
     with signed.websocket_connect("/telephony/twilio", headers={SIGNATURE_HEADER: ws_sig}) as ws:
         assert ws.receive_text() == "ok"
     assert signed.post("/v1/other").status_code == 401  # elsewhere the key rule stands
+
+
+def test_with_api_keys_on_the_webhooks_stream_url_carries_a_single_use_token() -> None:
+    signed = guarded_webhook(TOKEN)
+    good = compute_signature(TOKEN, "https://voice.example.com/telephony/twilio/voice", PARAMS)
+    r = signed.post("/telephony/twilio/voice", data=PARAMS, headers={SIGNATURE_HEADER: good})
+    stream = ET.fromstring(r.text.split("?>", 1)[1]).find("./Connect/Stream")
+    assert stream is not None
+    url = stream.get("url", "")
+    assert url.startswith("wss://voice.example.com/telephony/twilio?token=")
+    path = url.removeprefix("wss://voice.example.com")
+    with signed.websocket_connect(path) as ws:  # no signature (a proxy rewrote the URL): the token lets it in
+        assert ws.receive_text() == "ok"
+    with pytest.raises(WebSocketDisconnect), signed.websocket_connect(path):  # used once
+        pass
+    with pytest.raises(WebSocketDisconnect), signed.websocket_connect("/telephony/twilio?token=forged.token"):
+        pass

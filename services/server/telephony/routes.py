@@ -12,10 +12,12 @@ from starlette.requests import HTTPConnection
 
 from services.server.telephony.config import TwilioSettings
 from services.server.telephony.webhook import VOICE_PATH, connect_stream_twiml, stream_url, valid_signature
+from shared.security import TokenError
 
 log = logging.getLogger("server.telephony")
 SIGNATURE_HEADER = "X-Twilio-Signature"
 AGENT_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+STREAM_TOKEN_SESSION = "telephony-twilio"  # the session id the stream's tokens are minted for
 
 
 def _signed_urls(conn: HTTPConnection, settings: TwilioSettings) -> list[str]:
@@ -41,6 +43,14 @@ def signature_ok(conn: HTTPConnection, settings: TwilioSettings, params: list[tu
     state = conn.scope.get("state", {})
     if state.get("key_id") not in (None, "anonymous", "signed"):
         return True  # it presented one of the server's API keys (own bridges, tests)
+    tokens = getattr(conn.app.state, "tokens", None)
+    if conn.scope["type"] == "websocket" and tokens is not None and (presented := conn.query_params.get("token")):
+        try:  # the stream URL our webhook answered carries a single-use session token
+            tokens.redeem(presented, STREAM_TOKEN_SESSION)
+            return True
+        except TokenError as exc:
+            log.warning("telephony stream refused: %s", exc)
+            return False
     token = settings.auth_token.get_secret_value()
     if not token:
         if state.get("signature_required"):
@@ -70,6 +80,10 @@ def make_router(settings: TwilioSettings | None = None) -> APIRouter:
             url = stream_url(settings.public_url, request.headers.get("host"))
         except ValueError as exc:
             return JSONResponse({"error": str(exc), "retryable": False}, status_code=400)
+        keys, tokens = getattr(request.app.state, "keys", None), getattr(request.app.state, "tokens", None)
+        if keys is not None and keys.enabled and tokens is not None:  # credentials on: this token lets the stream in
+            token, _ = tokens.mint(STREAM_TOKEN_SESSION, "twilio")
+            url += f"?token={token}"
         # ?agent=ID on the number's webhook URL picks the agent; it reaches the stream as a <Parameter>
         agent = request.query_params.get("agent")
         parameters = {"agentId": agent} if agent and AGENT_ID.match(agent) else {}
