@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from shared.protocol import Tool, ToolCall, ToolChoice
 from shared.service import ServiceError
@@ -15,9 +15,15 @@ from shared.service import ServiceError
 
 class ChatMessage(BaseModel):
     role: Literal["system", "user", "assistant", "tool"]
-    content: str | None = Field("", max_length=8000)
+    content: str | None = Field(None, max_length=8000)
     tool_calls: list[dict[str, Any]] | None = Field(None, max_length=8, description="assistant: the tools it called (OpenAI format)")
     tool_call_id: str | None = Field(None, max_length=128, description="tool: the call this result answers")
+
+    @model_validator(mode="after")
+    def _has_content(self) -> ChatMessage:
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError("content is required (only an assistant message that calls tools may have none)")
+        return self
 
     @property
     def text(self) -> str:
