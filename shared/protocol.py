@@ -52,6 +52,19 @@ class NamedToolChoice(BaseModel):
 ToolChoice = Literal["auto", "none", "required"] | NamedToolChoice
 
 
+class FunctionCall(BaseModel):
+    name: str = Field(pattern=TOOL_NAME)
+    arguments: str = Field("{}", max_length=16000)
+
+
+class ToolCallEntry(BaseModel):
+    """An assistant message's `tool_calls` entry, as OpenAI's chat API writes it."""
+
+    id: str = Field(max_length=128)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ToolCall(BaseModel):
     """The model asks for a tool: `arguments` is JSON text, as the model wrote it."""
 

@@ -47,16 +47,15 @@ def build_prompt(messages: list[ChatMessage], open_user: bool = False, tools: tu
         lines.append(f"User: {user}\nAssistant: {reply}\n")
     lines.append(f"\nNew call. The assistant: {_one_line(system)}\n")
     if tools:
-        listed = "; ".join(f"{t.function.name} ({_one_line(t.function.description)}; arguments: "
-                           f"{', '.join(t.function.parameters.get('properties', {})) or 'none'})" for t in tools)
+        listed = "; ".join(f"{t.function.name} ({_one_line(t.function.description)}; arguments: {_arguments(t) or 'none'})"
+                           for t in tools)
         lines.append(f"The assistant can use tools by writing [{CALLS} name {{arguments as JSON}}]: {listed}. "
                      "It then answers from the tool's result in one short sentence, for example:\n" + _TOOL_EXAMPLE)
     for m in messages:
         if m.role == "user":
             lines.append(f"User: {_one_line(m.text)}\n")
         elif m.role == "assistant":
-            calls = " ".join(f"[{CALLS} {c['function']['name']} {_one_line(c['function'].get('arguments') or '{}')}]"
-                             for c in m.tool_calls or [])
+            calls = " ".join(f"[{CALLS} {c.function.name} {_one_line(c.function.arguments or '{}')}]" for c in m.tool_calls or [])
             lines.append(f"Assistant: {_one_line(' '.join(x for x in (m.text, calls) if x))}\n")
         elif m.role == "tool":
             lines.append(f"Tool result: {_one_line(m.text)}\n")
@@ -84,6 +83,11 @@ def chosen_tool(text: str, tools: tuple[Tool, ...]) -> str | None:
         return m.group(1)
     close = difflib.get_close_matches(m.group(1), names, 1, 0.3)
     return close[0] if close else names[0] if len(names) == 1 else None
+
+
+def _arguments(tool: Tool) -> str:
+    props = tool.function.parameters.get("properties")
+    return ", ".join(str(k) for k in props) if isinstance(props, dict) else ""
 
 
 def _one_line(text: str) -> str:

@@ -9,14 +9,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from shared.protocol import Tool, ToolCall, ToolChoice
+from shared.protocol import Tool, ToolCall, ToolCallEntry, ToolChoice
 from shared.service import ServiceError
 
 
 class ChatMessage(BaseModel):
     role: Literal["system", "user", "assistant", "tool"]
     content: str | None = Field(None, max_length=8000)
-    tool_calls: list[dict[str, Any]] | None = Field(None, max_length=8, description="assistant: the tools it called (OpenAI format)")
+    tool_calls: list[ToolCallEntry] | None = Field(None, max_length=8, description="assistant: the tools it called (OpenAI format)")
     tool_call_id: str | None = Field(None, max_length=128, description="tool: the call this result answers")
 
     @model_validator(mode="after")

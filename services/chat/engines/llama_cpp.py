@@ -115,10 +115,7 @@ class LlamaCppEngine(ChatEngine):
         offered, calling, may_call = tool_plan(opts)
         grammar = None
         if calling is not None:  # the arguments must follow the tool's schema: a grammar makes them
-            from llama_cpp.llama_grammar import json_schema_to_gbnf
-
-            schema = next(t.function.parameters for t in offered if t.function.name == calling)
-            grammar = json_schema_to_gbnf(json.dumps(schema))
+            grammar = _arguments_grammar(next(t for t in offered if t.function.name == calling))
         elif offered and not may_call:
             grammar = WORDS_ONLY
         stops = () if calling is not None else STOP + opts.stop  # the grammar ends a call
@@ -218,6 +215,17 @@ class LlamaCppEngine(ChatEngine):
 
 
 CALL_OPENER = f"[{CALLS} "
+
+
+def _arguments_grammar(tool: Tool) -> str:
+    """GBNF for the tool's arguments, from its JSON schema (400 if it is not one we can follow)."""
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    try:
+        return json_schema_to_gbnf(json.dumps(tool.function.parameters))
+    except Exception as exc:  # noqa: BLE001 - the converter raises several kinds on odd schemas
+        raise ServiceError(400, f"tool {tool.function.name}: its parameters are not a JSON schema this engine can "
+                           f"follow ({type(exc).__name__})") from exc
 
 
 @dataclasses.dataclass(frozen=True)
