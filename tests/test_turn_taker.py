@@ -160,3 +160,22 @@ async def test_no_usable_words_is_no_reply():
     rig = Rig()
     turn = await rig.answer(" .")
     assert turn.outcome == Outcome.NOTHING and rig.channel.sent == [] and rig.tt.active is None
+
+
+async def test_an_empty_sampled_reply_is_asked_again_greedily():
+    rig = Rig()
+
+    class EmptyFirst(FakeChat):
+        async def stream(self, messages, on_end_of_turn=None, **options):  # type: ignore[no-untyped-def, override]
+            self.options = [*getattr(self, "options", []), options]
+            if len(self.options) == 1:
+                return  # the model ended its line at once
+            async for word in super().stream(messages, on_end_of_turn, **options):
+                yield word
+
+    rig.tt.deps.chat = EmptyFirst("Oh, hello there.")  # type: ignore[assignment]
+    await rig.answer("In 1813.")
+    chat = rig.tt.deps.chat
+    assert [o.get("temperature") for o in chat.options] == [None, 0]  # type: ignore[attr-defined]
+    assert "".join(m.text for m in rig.channel.of(ResponseText)) == "Oh, hello there."
+    assert rig.speeches.opened[0].said

@@ -306,6 +306,9 @@ class Turn:
                 except ToolFailed:
                     await self._words(f" {FALLBACK}", speech, chunker)
                     break
+            if not self.reply.strip():  # a sampled reply can end at once: say something, greedily
+                log.warning("turn %d: the chat reply was empty; asking again at temperature 0", self.id)
+                await self._chat(messages, speech, chunker, {"temperature": 0} | (tools.offer() | {"tool_choice": "none"} if tools else {}), None)
             await self._flush(speech, chunker)
             chat_done.set()
             if player is not None and self._ended < len(self.pieces):
