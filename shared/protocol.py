@@ -72,9 +72,10 @@ class ToolCall(BaseModel):
     name: str = Field(pattern=TOOL_NAME)
     arguments: str = Field("{}", max_length=16000)
 
-    def wire(self, index: int = 0) -> dict[str, Any]:
-        """As an OpenAI `tool_calls` entry (a streamed delta carries the index)."""
-        return {"index": index, "id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
+    def wire(self, index: int | None = None) -> dict[str, Any]:
+        """As an OpenAI `tool_calls` entry; a streamed delta's carries its `index`."""
+        entry = {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
+        return entry if index is None else {"index": index, **entry}
 
 # --------------------------------------------------------------------------- session: client -> server
 

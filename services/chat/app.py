@@ -117,7 +117,7 @@ async def completions(req: CompletionRequest):  # type: ignore[no-untyped-def]
         text, calls = await _collect(engine, req.messages, opts)
         message: dict = {"role": "assistant", "content": text or (None if calls else "")}
         if calls:
-            message["tool_calls"] = [{k: v for k, v in c.wire().items() if k != "index"} for c in calls]
+            message["tool_calls"] = [c.wire() for c in calls]
         return {
             "id": cid, "object": "chat.completion", "created": created, "model": model,
             "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if calls else "stop"}],

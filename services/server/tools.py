@@ -110,7 +110,7 @@ class ToolRunner:
             results = await running
         finally:
             running.cancel()  # the turn was cut: its tools stop too
-        assistant = {"role": "assistant", "content": None, "tool_calls": [{k: v for k, v in c.wire().items() if k != "index"} for c in calls]}
+        assistant = {"role": "assistant", "content": None, "tool_calls": [c.wire() for c in calls]}
         return [assistant, *({"role": "tool", "tool_call_id": c.id, "content": r} for c, r in zip(calls, results, strict=True))]
 
     async def run(self, turn_id: int, call: ToolCall) -> str:

@@ -74,7 +74,7 @@ class WebSocketChannel:
             self._seq.pop(next(iter(self._seq)))
 
     async def _frame(self, frame: str | bytes) -> None:
-        await (self.ws.send_bytes(frame) if isinstance(frame, bytes) else self.ws.send_text(frame))
+        await _put(self.ws, frame)
         if self.replay is not None:
             self.replay.add(frame)
 
@@ -86,12 +86,16 @@ class WebSocketChannel:
         await self.greet(ready)
         frames, missing = self.replay.since(received)
         for frame in frames:
-            await (ws.send_bytes(frame) if isinstance(frame, bytes) else ws.send_text(frame))
+            await _put(ws, frame)
         log.info("resumed: %d frames sent again%s", len(frames), f", {missing} no longer kept" if missing else "")
         return missing
 
     async def close(self, code: int, reason: str) -> None:
         await self.ws.close(code, reason=reason)
+
+
+async def _put(ws: WebSocket, frame: str | bytes) -> None:
+    await (ws.send_bytes(frame) if isinstance(frame, bytes) else ws.send_text(frame))
 
 
 @dataclass
