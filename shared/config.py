@@ -135,7 +135,9 @@ class ServerSettings(BaseSettings):
     unfinished_max_silence: float = Field(2.5, ge=0.1, le=10, description="silence a turn may wait when words and sound both say unfinished")
     words_stopped: float = Field(1.5, ge=0.5, le=10, description="no new words for this long while sound goes on (a noisy room) counts as a pause")
     echo_threshold: float = Field(0.85, description="loudness-contour correlation with our own playback that marks input as echo (>1: off)")
-    backchannel_max: float = Field(0.6, description="speech shorter than this during playback does not interrupt")
+    barge_pause: float = Field(0.25, ge=0.05, le=2, description="speech over our reply this long, not our echo, pauses the reply")
+    backchannel_max: float = Field(0.6, ge=0.1, le=3, description="speech over our reply this long is checked for words: the user's "
+                                   "cut the reply, anything else (mhm, a cough, noise) lets it go on")
     first_chunk_max_words: int = Field(5, ge=1, description="speak the first words after this many if no clause boundary came")
     streaming_stt: bool = Field(True, description="stream the user's audio to STT while they speak (false: one request per pause)")
     history_turns: int = 10

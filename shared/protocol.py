@@ -240,9 +240,21 @@ class ToolCallOut(_Out):
 
 
 class Interrupted(_Out):
+    """Stop playing this turn now (drop what is buffered): the user may be talking over it.
+    `resumed` may follow if it was not the user's words after all."""
+
     type: Literal["interrupted"] = "interrupted"
     turn_id: int
     played_ms: float
+
+
+class Resumed(_Out):
+    """The speech over the reply was not the user's words (a backchannel, a cough, noise, our
+    echo): the turn goes on from `from_ms`; its audio from there follows (seq continues)."""
+
+    type: Literal["resumed"] = "resumed"
+    turn_id: int
+    from_ms: float
 
 
 class Metrics(_Out):

@@ -10,6 +10,8 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import numpy as np
+
 from shared.clients import SpeechAudio, SpeechEnd, SpeechEvent
 from shared.protocol import _Out
 
@@ -32,10 +34,12 @@ class FakeChat:
 
 
 class FakeSpeech:
-    """Each piece said becomes `samples_per_piece` samples of 24 kHz float32 audio, in `chunks` chunks."""
+    """Each piece said becomes `samples_per_piece` samples of 24 kHz float32 audio, in `chunks` chunks.
+    `counting`: each sample's value is its index in the whole speech (where a resend starts shows)."""
 
-    def __init__(self, samples_per_piece: int = 4800, chunks: int = 2) -> None:
-        self.samples, self.chunks = samples_per_piece, chunks
+    def __init__(self, samples_per_piece: int = 4800, chunks: int = 2, counting: bool = False) -> None:
+        self.samples, self.chunks, self.counting = samples_per_piece, chunks, counting
+        self._n = 0
         self.said: list[str] = []
         self.closed = False
         self._queue: asyncio.Queue[int] = asyncio.Queue()
@@ -50,7 +54,13 @@ class FakeSpeech:
             piece = await self._queue.get()
             for _ in range(self.chunks):
                 await asyncio.sleep(0)
-                yield SpeechAudio(piece, b"\x00\x00\x80\x3e" * (self.samples // self.chunks))  # 0.25 in float32 LE
+                n = self.samples // self.chunks
+                if self.counting:
+                    pcm = np.arange(self._n, self._n + n, dtype="<f4").tobytes()
+                    self._n += n
+                else:
+                    pcm = b"\x00\x00\x80\x3e" * n  # 0.25 in float32 LE
+                yield SpeechAudio(piece, pcm)
             yield SpeechEnd(piece)
 
     async def close(self) -> None:

@@ -122,6 +122,8 @@ async def stream_pcm(
                     msg = json.loads(raw)
                     res.events.append(Event(now, msg["type"], msg))
                     turn = msg.get("turn_id", turn)
+                    if msg["type"] == "interrupted" and echo:
+                        echo.stop(now - t0)  # a client stops playing at once: our voice leaves the room
                     if msg["type"] == "tts_stream":
                         d = msg["data"]
                         chunk = np.frombuffer(base64.b64decode(d["chunk"]), "<f4")
@@ -193,6 +195,12 @@ class _Loopback:
             x = np.convolve(x, self.rir)  # overlap-add: the room's tail rings on into the next chunk
         end = min(len(self.buf), start + len(x))
         self.buf[start:end] += x[: end - start]
+
+    def stop(self, at: float) -> None:
+        """`interrupted`: what was queued to play after `at` is not played."""
+        cut = min(len(self.buf), int((at + self.delay) * 16000))
+        self.buf[cut:] = 0.0
+        self.pos = min(self.pos, cut)
 
     def mix(self, mic: np.ndarray, start_byte: int, size: int) -> bytes:
         a, b = start_byte // 2, min(len(mic), (start_byte + size) // 2)

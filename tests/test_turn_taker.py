@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+import numpy as np
 import pytest
 
 from services.server.echo import EchoGuard
@@ -13,20 +14,21 @@ from services.server.session.playout import Playout
 from services.server.session.turn import Outcome, Turn, TurnDeps, TurnState
 from services.server.session.turn_taker import TurnTaker
 from shared.config import ServerSettings
-from shared.protocol import Interrupted, Metrics, ResponseText, TranscriptOut, TtsStreamEnd
+from shared.protocol import Interrupted, Metrics, ResponseText, Resumed, TranscriptOut, TtsStreamEnd
 from testing.fakes import FakeChat, FakeClock, FakeSpeeches, RecordingChannel
 
 CFG = ServerSettings(streaming_stt=False, end_of_turn_policy="text")
 
 
 class Rig:
-    def __init__(self, reply: str = "Sure. Here is my answer to you, in a few short words.", p_end: float | None = 0.9) -> None:
+    def __init__(self, reply: str = "Sure. Here is my answer to you, in a few short words.", p_end: float | None = 0.9,
+                 counting: bool = False) -> None:
         self.clock = FakeClock()
         self.channel = RecordingChannel()
         self.outbox = Outbox(self.channel, on_gone=lambda: None)
         self.outbox.start()
         self.playout = Playout(EchoGuard(), self.clock)
-        self.chat, self.speeches = FakeChat(reply, p_end), FakeSpeeches(samples_per_piece=4800)  # 0.2 s a piece
+        self.chat, self.speeches = FakeChat(reply, p_end), FakeSpeeches(samples_per_piece=4800, counting=counting)  # 0.2 s a piece
         deps = TurnDeps(chat=self.chat, open_speech=self.speeches, outbox=self.outbox,  # type: ignore[arg-type]
                         on_audio_sent=self.playout.on_sent, voice=None)
         self.tt = TurnTaker(deps, self.playout, CFG, "You are terse.", clock=self.clock)
@@ -102,6 +104,58 @@ async def test_an_interruption_keeps_in_memory_only_what_was_heard():
     assert not rig.tt.speaking() and turn.state == TurnState.INTERRUPTED
     rig.tt.ack(turn.id, 100.0)  # an ack still in flight for the cut turn does not restart the play clock
     assert not rig.playout.playing()
+
+
+def audio_of(sent: list, turn_id: int) -> np.ndarray:
+    return np.concatenate([np.frombuffer(m[1], "<f4") for m in sent if isinstance(m, tuple) and m[0] == turn_id])
+
+
+async def test_a_paused_reply_that_goes_on_resends_what_was_not_heard_then_the_rest():
+    """Speech over the reply pauses it (`interrupted` at once); it was not the user's words:
+    `resumed`, and the audio from where the client stopped, each sample once more at most."""
+    rig = Rig(reply="Sure. Here is my answer to you, in a few short words. And a few more words after it.", counting=True)
+    rig.chat.delay = 0.005  # still generating when paused: its later words wait too
+    turn = rig.tt.open_turn()
+    rig.speculate("Tell me a story.")
+    await rig.tt.promote(turn)
+    while not any(isinstance(m, tuple) for m in rig.channel.sent):
+        await asyncio.sleep(0.001)
+    rig.clock.advance(0.05)  # 1200 samples heard
+    rig.tt.pause()
+    assert turn.state == TurnState.PAUSED and rig.tt.speaking()
+    await asyncio.sleep(0.1)  # generation and speech go on meanwhile, held
+    await rig.settle()
+    (cut,) = rig.channel.of(Interrupted)
+    assert cut.turn_id == turn.id and cut.played_ms == pytest.approx(50, abs=1)
+    assert not [m for m in rig.channel.sent[rig.channel.sent.index(cut) :] if isinstance(m, tuple)]  # nothing while paused
+    rig.tt.resume()
+    await rig.settle()
+    await asyncio.sleep(0.1)
+    await rig.settle()
+    after = rig.channel.sent[rig.channel.sent.index(cut) + 1 :]
+    assert isinstance(after[0], Resumed) and after[0].from_ms == cut.played_ms
+    again = audio_of(after, turn.id)
+    assert again[0] == 1200  # from the first sample not heard
+    assert np.array_equal(again, np.arange(1200, 1200 + len(again), dtype="<f4"))  # in order, nothing missing
+    assert len(again) + 1200 == 4800 * len(rig.speeches.opened[0].said)  # to the end of the reply
+    assert isinstance(after[-1], Metrics) and TtsStreamEnd in map(type, after)
+    assert turn.state == TurnState.DONE and rig.tt.paused is None
+    assert rig.tt.prompt()[-1]["content"] == rig.chat.reply  # the whole reply is remembered
+
+
+async def test_a_paused_reply_that_is_cut_sends_one_interrupted_and_keeps_what_was_heard():
+    rig = Rig()
+    turn = await rig.answer("Tell me a story.")
+    rig.clock.advance(0.25)
+    rig.tt.pause()
+    rig.clock.advance(0.4)  # the words check takes a while: the client is not playing meanwhile
+    await rig.tt.interrupt()
+    await rig.settle()
+    (cut,) = rig.channel.of(Interrupted)
+    assert cut.played_ms == pytest.approx(250, abs=1) and turn.state == TurnState.INTERRUPTED
+    assert rig.channel.of(Resumed) == [] and not rig.tt.speaking()
+    heard = rig.tt.prompt()[-1]["content"]
+    assert len(heard) < len(rig.chat.reply)
 
 
 async def test_an_interrupted_turn_sends_nothing_more():

@@ -80,6 +80,15 @@ class EchoGuard:
         while self._ref and self._ref[0][0] < play_start - self._keep:
             self._ref.popleft()
 
+    def cut(self, at: float) -> None:
+        """The client stopped playing at wall time `at` (barge-in, or a pause): what we had
+        placed after it was never played and cannot come back as echo."""
+        kept: deque[tuple[float, np.ndarray]] = deque()
+        for start, env in self._ref:
+            if start < at:
+                kept.append((start, env[: max(0, int((at - start) / _FRAME))]))
+        self._ref = kept
+
     def on_input(self, x16k: np.ndarray, now: float) -> None:
         buf = np.concatenate([self._tail, x16k])
         n = int(STT_RATE * _FRAME)

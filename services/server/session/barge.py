@@ -5,9 +5,14 @@ session observes (`Signals`, a words check's result), returns what to do. It nev
 touches the socket, the turns or the clock itself, so every path is testable with
 made-up times (tests/test_barge.py).
 
-- Speech over our reply first lasts `backchannel_max` ("mhm" does not interrupt).
-- Then: it follows our loudness contour (echo, still watched), or a words check decides
-  (our own words: echo; the user's: barge in).
+- Speech over our reply that lasts `pause_after` (0.25 s) and does not follow our loudness
+  contour pauses the reply at once (the client is told `interrupted`: a person stops within
+  ~250 ms of being talked over). Speech that follows it is our echo, still watched.
+- A words check then decides, once the speech has lasted `backchannel_max` (0.6 s): words
+  of the user's cut the reply (barge in); our own words, a backchannel ("mhm", "yeah"), a
+  cough or noise that stopped, and no words far quieter than the user speaks let it go on
+  from where it stopped (`Do.RESUME`: LiveKit's "false interruption").
+- The user going on within moments of an answer given early pauses it at once.
 - Speech judged echo keeps being watched: when it stops following our contour twice in
   a row, or goes on after our playback ended, it is judged again; re-judged speech is
   the user's only when two checks 0.4 s apart hear words not ours (Whisper mishears a
@@ -20,9 +25,11 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from services.server.echo import repeats_our_words
+from shared.wer import normalise
 
 LOOK = 0.2  # s between looks at whether speech judged echo still follows our contour
 MISSES = 2  # looks in a row that do not follow it: judged again (one miss is chance)
+PAUSE_AFTER = 0.25  # s of speech over our reply, not our echo, that pauses it
 TAIL = 1.0  # s after our playback ends that an echo may still be heard
 RELISTENS = 3  # a re-judging check that heard no words listens again, with more audio, this often
 RELISTEN_AFTER = 0.4  # s between those looks
@@ -33,18 +40,29 @@ EPISODE = 1.5  # s: re-judged again within this, the user's words still begin wh
 # Speech over our reply this far under the user's own speaking level, in which Whisper hears no
 # words, is our quiet echo (a person talking over us is not 12 dB quieter than they talked before)
 QUIET_DB = 12.0
+# words that acknowledge without taking the turn (normalised: lower case, no punctuation)
+BACKCHANNELS = frozenset("mhm mm mmm hmm hm mmhmm uh huh uhhuh um ah aha oh yeah yes yep yup ok okay right sure alright i see".split())
+
+
+def only_backchannel(words: str) -> bool:
+    said = normalise(words)
+    return bool(said) and len(said) <= 3 and all(w in BACKCHANNELS for w in said)
 
 
 class Heard(StrEnum):
     USER = "user"  # the user's turn (or nothing)
     IGNORED = "ignored"  # talk-over while interruptions are off
     BARGE = "barge"  # over our reply: interrupts once it outlasts a backchannel
-    CHECKING = "checking"  # a words check decides whether it is ours
+    HELD = "held"  # our reply is paused: a words check decides whether it is cut or goes on
+    CHECKING = "checking"  # a words check decides whether it is ours (reply not paused)
+    BACKCHANNEL = "backchannel"  # "mhm", a cough, noise: our reply went on; ignored
     ECHO = "echo"  # follows our contour: ignored, watched
     ECHO_WORDS = "echo_words"  # repeats our words: ignored, watched
 
 
 class Do(StrEnum):
+    PAUSE = "pause"  # maybe the user: the client stops playing our reply now, the words decide
+    RESUME = "resume"  # not the user's words after all: the paused reply goes on where it stopped
     BARGE_IN = "barge_in"  # the user's speech: interrupt (or continue the utterance answered early)
     ECHO = "echo"  # our own voice: ignored (an utterance answered early ended where it began)
 
@@ -58,6 +76,7 @@ class CheckWords:
     relistens: int = 0
     ours: Heard = Heard.ECHO_WORDS  # what the speech is if the words are ours
     overturn: int = 1  # checks that must hear words not ours
+    continuation: bool = False  # the user going on with a sentence we answered early: speech that stopped is not that
 
 
 @dataclass(frozen=True)
@@ -83,8 +102,9 @@ class Signals:
 
 
 class BargeJudge:
-    def __init__(self, backchannel_max: float, allow_interruptions: bool = True) -> None:
+    def __init__(self, backchannel_max: float, allow_interruptions: bool = True, pause_after: float = PAUSE_AFTER) -> None:
         self.backchannel_max, self.allow_interruptions = backchannel_max, allow_interruptions
+        self.pause_after = min(pause_after, backchannel_max)
         self.heard = Heard.USER
         self.onset = 0.0  # detector time the speech over our reply began
         self.voice_db: float | None = None  # the user's speaking level (dBFS), from their last utterance
@@ -97,35 +117,37 @@ class BargeJudge:
         """A new utterance: it continues nothing."""
         self.heard, self._rejudged_at = Heard.USER, -EPISODE
 
-    def over_reply(self, onset: float) -> None:
-        """Speech while we talk (or continuing an utterance we answered early)."""
+    def over_reply(self, onset: float, at_once: bool = False) -> list[Action]:
+        """Speech while we talk (or continuing an utterance we answered early). `at_once`: the
+        user very likely goes on (our early answer has only just begun): pause it now."""
         self.heard = Heard.BARGE if self.allow_interruptions else Heard.IGNORED
         self.onset = onset
+        return self._hold(onset, continuation=True) if at_once and self.allow_interruptions else []
 
-    def utterance_ended(self) -> None:
-        self.heard = Heard.USER
+    def utterance_ended(self) -> list[Action]:
+        """The detector closed the utterance; a reply still paused for it goes on."""
+        held, self.heard = self.heard == Heard.HELD, Heard.USER
+        return [Do.RESUME] if held else []
 
     def needs_contour(self, s: Signals) -> bool:
         """Will `tick` read the (costly) echo contour comparison now?"""
         if not s.speech or not s.echo_audible:
             return False
         if self.heard == Heard.BARGE:
-            return s.t - self.onset >= self.backchannel_max
+            return s.t - self.onset >= self.pause_after
         return self.heard in (Heard.ECHO, Heard.ECHO_WORDS) and s.now >= self._look
 
     # ---------------------------------------------------------------- decisions
 
     def tick(self, s: Signals) -> list[Action]:
-        if self.heard == Heard.BARGE and s.speech and s.t - self.onset >= self.backchannel_max:
+        if self.heard == Heard.BACKCHANNEL and s.speech:  # they go on after a short sound: judged afresh
+            self.over_reply(s.t)
+        if self.heard == Heard.BARGE and s.speech and s.t - self.onset >= self.pause_after:
             if s.echo_audible and s.follows_contour:
                 return self._echo(Heard.ECHO, s.now)
-            if s.echo_audible and s.said:
-                # not our contour, but maybe our words (reverb smears contours): STT decides.
-                # Heard nothing: the user's (Whisper drops a person's first 0.6 s as often as a
-                # quiet echo), unless it is far quieter than the user speaks (see heard())
-                self.heard = Heard.CHECKING
-                return [CheckWords(self.onset)]
-            return self._barge_in()
+            # not our contour (or nothing of ours to follow): maybe the user. Stop talking now;
+            # the words decide (reverb smears our contour, and "mhm" is not a turn)
+            return self._hold(s.t)
         if self.heard in (Heard.ECHO, Heard.ECHO_WORDS) and s.speech:
             if not s.echo_audible:  # speech goes on after our playback: the user's
                 return self._rejudge(s.t - TAIL, s.t, barge_now=True)
@@ -136,9 +158,12 @@ class BargeJudge:
                     return self._rejudge(s.t - MISSES * LOOK - WORDS_BACK, s.t)
         return []
 
-    def heard_words(self, check: CheckWords, words: str | None, said: str, level_db: float | None, t: float, now: float) -> list[Action]:
+    def heard_words(self, check: CheckWords, words: str | None, said: str, level_db: float | None, t: float, now: float,
+                    going_on: bool = True) -> list[Action]:
         """A words check's answer: `words` None when STT failed (then: the user's, as without a check);
-        `level_db` the checked audio's active level."""
+        `level_db` the checked audio's active level; `going_on`: the speech has not stopped."""
+        if self.heard == Heard.HELD:
+            return self._held_words(check, words, said, level_db, now, going_on)
         if self.heard != Heard.CHECKING:
             return []  # the utterance ended meanwhile, or was judged otherwise
         if words is None:
@@ -161,6 +186,35 @@ class BargeJudge:
         return None if self.voice_db is None or level_db is None else self.voice_db - level_db
 
     # ---------------------------------------------------------------- internals
+
+    def _held_words(self, check: CheckWords, words: str | None, said: str, level_db: float | None, now: float,
+                    going_on: bool) -> list[Action]:
+        """Our reply is paused: cut it (the user's words) or let it go on (anything else)."""
+        if words is None:
+            return self._barge_in()
+        if repeats_our_words(words, said):
+            return [Do.RESUME, *self._echo(Heard.ECHO_WORDS, now)]
+        if check.continuation and not going_on:  # our echo's first syllable, or a breath: they did not go on
+            self.heard = Heard.BACKCHANNEL
+            return [Do.RESUME]
+        silent = not words.strip()
+        if silent or only_backchannel(words):
+            if not going_on:  # "mhm", a cough, a door: over already
+                self.heard = Heard.BACKCHANNEL
+                return [Do.RESUME]
+            if silent and self._quiet(level_db):
+                return [Do.RESUME, *self._echo(Heard.ECHO, now)]
+            if check.relistens > 0:  # it goes on: listen again with more of it
+                return [CheckWords(check.onset, RELISTEN_AFTER, check.relistens - 1, check.ours, check.overturn)]
+        # words not ours, or speech that goes on (Whisper drops a person's first 0.6 s as often as
+        # a quiet echo): the user's
+        return self._barge_in()
+
+    def _hold(self, t: float, continuation: bool = False) -> list[Action]:
+        """Pause our reply; the words check comes once the speech has lasted a backchannel's length."""
+        self.heard = Heard.HELD
+        wait = max(0.0, self.backchannel_max - (t - self.onset))
+        return [Do.PAUSE, CheckWords(self.onset, wait, relistens=1, continuation=continuation)]
 
     def _quiet(self, level_db: float | None) -> bool:
         """Far under the user's own speaking level: our echo, more likely than the user."""

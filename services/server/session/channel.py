@@ -113,6 +113,7 @@ class Audio:
 class Message:
     msg: _Out | Callable[[], _Out]  # a callable is made at sending time (a turn's timings include its last send)
     live: Callable[[], bool] | None = None
+    turn_id: int | None = None  # the turn it belongs to (a paused turn takes its unsent output back)
 
 
 class Outbox:
@@ -130,15 +131,16 @@ class Outbox:
         self._online.set()
         self.closed = False
         self._writer: asyncio.Task[None] | None = None
+        self._sending: Audio | Message | None = None  # the item being written right now
 
     def start(self) -> None:
         self._writer = asyncio.create_task(self._write())
 
-    def put(self, msg: _Out | Callable[[], _Out], live: Callable[[], bool] | None = None) -> None:
+    def put(self, msg: _Out | Callable[[], _Out], live: Callable[[], bool] | None = None, turn_id: int | None = None) -> None:
         """Queue a message (never waits), or what makes it when its turn to go comes. With
         `live`, it is dropped if that says no at sending time."""
         if not self.closed:
-            self._queue.append(Message(msg, live))
+            self._queue.append(Message(msg, live, turn_id))
             self._wake.set()
 
     def put_audio(self, item: Audio) -> None:
@@ -150,11 +152,20 @@ class Outbox:
                 self._room.clear()
             self._wake.set()
 
-    async def audio(self, item: Audio) -> None:
-        """Queue audio as it streams; waits while the client is more than AUDIO_BACKLOG behind
-        (the TTS stream then waits too, instead of piling audio up here)."""
+    async def room(self) -> None:
+        """Wait while the client is more than AUDIO_BACKLOG behind (a streaming turn then waits
+        too, instead of piling audio up here)."""
         await self._room.wait()
-        self.put_audio(item)
+
+    def take(self, turn_id: int) -> list[Audio | Message]:
+        """Take a turn's queued output back, in order (not what is being written right now)."""
+        mine = [i for i in self._queue if i.turn_id == turn_id and i is not self._sending]
+        if mine:
+            self._queue = deque(i for i in self._queue if i.turn_id != turn_id or i is self._sending)
+            self._audio_bytes -= sum(len(i.pcm) for i in mine if isinstance(i, Audio))
+            if self._audio_bytes <= AUDIO_BACKLOG:
+                self._room.set()
+        return mine
 
     async def drain(self, timeout: float = 2.0) -> None:
         """Wait until everything queued went out (a last message before a close)."""
@@ -177,7 +188,7 @@ class Outbox:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            item = self._queue[0]  # taken off once it went out: a drop mid-send keeps it for a resume
+            item = self._sending = self._queue[0]  # taken off once it went out: a drop mid-send keeps it for a resume
             if isinstance(item, Audio):
                 live = item.live()
                 if live and not await self._send(self.channel.send_audio(item.turn_id, item.pcm)):

@@ -62,10 +62,19 @@ class Playout:
         """Our voice may still come back through the user's mic."""
         return self.clock() < self.until + ECHO_TAIL
 
-    def stop(self, turn_id: int) -> float:
-        """The turn is cut: how much of it the client played (ms); the clock stops."""
-        unplayed = max(0.0, self.until - self.clock())
+    def stop(self, turn_id: int, echo_tail: bool = False) -> float:
+        """The turn is cut: how much of it the client played (ms); the clock stops.
+        `echo_tail`: our voice may still come back for ECHO_TAIL (a pause, judged by what follows)."""
+        now = self.clock()
+        unplayed = max(0.0, self.until - now)
         sent_ms = self._sent.get(turn_id, 0) / OUT_RATE * 1000
         played = self._acked.get(turn_id)
-        self.until = 0.0
+        self.until = min(self.until, now) if echo_tail else 0.0
+        self.echo.cut(now)
         return played if played is not None else max(0.0, sent_ms - unplayed * 1000)
+
+    def rewind(self, turn_id: int, played_samples: int) -> None:
+        """A paused turn goes on: what is sent from here plays after the `played_samples` heard."""
+        if turn_id in self._sent:
+            self._sent[turn_id] = played_samples
+        self._acked.pop(turn_id, None)

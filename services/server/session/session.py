@@ -20,7 +20,7 @@ import numpy as np
 from services.server.agents import Agent
 from services.server.echo import EchoGuard
 from services.server.live_stt import LiveTranscriber
-from services.server.session.barge import PREROLL, BargeJudge, CheckWords, Do, Signals, UserFrom
+from services.server.session.barge import PREROLL, Action, BargeJudge, CheckWords, Do, Heard, Signals, UserFrom
 from services.server.session.channel import Channel, Outbox
 from services.server.session.detector import new_detector
 from services.server.session.playout import Playout
@@ -56,6 +56,7 @@ TICK = 0.05  # how often time-based decisions are made when no audio arrives
 # heard it: a quick reply to a short answer must not be merged into the sentence before it).
 GOES_ON_WITHIN = 1.5
 STALL_SLACK = 0.1  # audio frames arrive every ~20 ms; a gap longer than this counts as silence
+GOING_ON_GAP = 0.2  # s: speech over our reply that has been silent this long has stopped (gaps between words are shorter)
 
 
 class Session:
@@ -72,7 +73,7 @@ class Session:
         self.started = time.monotonic()  # the duration limit counts across reconnections
         self.echo = EchoGuard(threshold=self.cfg.echo_threshold)
         self.playout = Playout(self.echo, clock)
-        self.judge = BargeJudge(self.cfg.backchannel_max, init.allowInterruptions)
+        self.judge = BargeJudge(self.cfg.backchannel_max, init.allowInterruptions, self.cfg.barge_pause)
         self.tools = ToolRunner(agent.tools, self.outbox.put, self.cfg.tool_timeout) if agent.tools else None
         deps = TurnDeps(chat=ups.chat, open_speech=ups.open_speech, outbox=self.outbox, on_audio_sent=self.playout.on_sent,
                         voice=init.voice or agent.voice, first_chunk_max_words=self.cfg.first_chunk_max_words, tools=self.tools)
@@ -194,14 +195,14 @@ class Session:
         if isinstance(ev, SpeechStarted):
             self.judge.speech_started()
             turns.early, self._words_from = None, 0  # a new utterance continues nothing
-            if turns.speaking():  # while we talk, speech counts once it outlasts a backchannel and is not our echo
-                self.judge.over_reply(ev.t)
+            if turns.speaking():  # while we talk: the user, a backchannel or our echo? (barge.py)
+                await self._act_all(self.judge.over_reply(ev.t))
                 return
             self.send(SpeechStart())
             turns.open_turn()
         elif self.judge.heard != "user":
             if isinstance(ev, UtteranceEnded):  # a backchannel, our own echo, or talk-over we ignore
-                self.judge.utterance_ended()
+                await self._act_all(self.judge.utterance_ended())
                 turns.early = None
                 await self._end_utterance()
         elif isinstance(ev, SpeechPaused):
@@ -213,8 +214,9 @@ class Session:
             if not await turns.resumed() and turns.early is not None:
                 if self.playout.sent_samples(turns.early.id) == 0:  # nothing played yet: cannot be our echo
                     await turns.merge_early()
-                else:
-                    self.judge.over_reply(ev.t)
+                else:  # our answer has only just begun: very likely the user going on, so it stops at once
+                    started = self.playout.started_at(turns.early.id)
+                    await self._act_all(self.judge.over_reply(ev.t, at_once=started is None or self.clock() - started <= GOES_ON_WITHIN))
         elif isinstance(ev, UtteranceEnded):
             self.send(SpeechEnd(duration=round(len(ev.audio) / STT_RATE, 3)))
             await turns.utterance_ended(ev.reason, lambda: self._speculate(ev.audio[self._words_from :], speech_end, live=False))
@@ -248,8 +250,10 @@ class Session:
                     echo_audible=turns.echo_audible(), follows_contour=None, said=turns.said())
         if self.judge.needs_contour(s):
             s.follows_contour = self.echo.is_echo()
-        for action in self.judge.tick(s):
-            await self._act(action)
+        await self._act_all(self.judge.tick(s))
+        if turns.paused is not None and self.judge.heard != Heard.HELD:  # every way out of HELD decides; this is a guard
+            log.warning("turn %d was left paused (speech over it judged %s): it goes on", turns.paused.id, self.judge.heard)
+            turns.resume()
         p = turns.current
         if p is None or not det.in_speech:
             return
@@ -275,8 +279,17 @@ class Session:
 
     # ------------------------------------------------------------------ speech over our reply
 
-    async def _act(self, action: object) -> None:
-        if action is Do.BARGE_IN:
+    async def _act_all(self, actions: list[Action]) -> None:
+        for action in actions:
+            await self._act(action)
+
+    async def _act(self, action: Action) -> None:
+        if action is Do.PAUSE:
+            self.turns.pause()
+        elif action is Do.RESUME:
+            self.turns.early = None  # not the user going on: an answer given early stands
+            self.turns.resume()
+        elif action is Do.BARGE_IN:
             await self._barge_in()
         elif action is Do.ECHO:
             self.turns.early = None  # the user's utterance ended where our echo began: nothing after continues it
@@ -300,7 +313,9 @@ class Session:
             # they had heard our answer for a while: it stands, and their words from here are a new turn
             log.info("the user went on %.1f s into the answer to turn %d: a new turn", resumed - started, early.id)
             self.turns.early = None
-            self._words_from = max(self._words_from, self.detector.sample_at(self.judge.onset - PREROLL))
+        # the detector's utterance may have begun before the talk-over (the sentence we answered early,
+        # our echo): the user's words begin with it
+        self._words_from = max(self._words_from, self.detector.sample_at(self.judge.onset - PREROLL))
         self.send(SpeechStart())
         await self.turns.interrupt()
         if self.live is not None and self.live.streamed:
@@ -323,11 +338,14 @@ class Session:
             if self._check is not asyncio.current_task():
                 return  # a newer check was started
             level = active_level(audio)
-            actions = self.judge.heard_words(check, words, self.turns.said(), level, det.time, self.clock())
+            going_on = det.in_speech and det.silence < GOING_ON_GAP
+            actions = self.judge.heard_words(check, words, self.turns.said(), level, det.time, self.clock(), going_on)
             if Do.BARGE_IN in actions:
                 log.info("speech over our reply is the user's (%s)", user_text(words or ""))
-            for action in actions:
-                await self._act(action)
+            elif Do.RESUME in actions:
+                log.info("speech over our reply (%s, %s) is not the user's turn: %s", user_text(words or ""),
+                         "going on" if going_on else "over", self.judge.heard)
+            await self._act_all(actions)
 
     # ------------------------------------------------------------------ messages
 

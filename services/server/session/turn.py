@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from services.server.session.channel import Audio, Outbox
+from services.server.session.channel import Audio, Message, Outbox
 from services.server.session.turn_state import _ENDED, _NEXT, Outcome, TurnState
 from services.server.tools import FALLBACK, MAX_ROUNDS, ToolFailed, ToolRunner
 from shared.clients import ChatClient, Speech, SpeechAudio, UpstreamError
@@ -31,6 +31,7 @@ from shared.text_chunker import TextChunker
 
 log = logging.getLogger("server.turn")
 F32 = 4  # bytes per output sample (24 kHz float32 LE)
+RESEND_CHUNK = 4800 * F32  # audio sent again after a pause goes in 0.2 s chunks
 
 Transcriber = Callable[[], Awaitable[str]]
 Prompt = list[dict[str, Any]]  # the conversation so far (system prompt first); the user's words are added
@@ -80,6 +81,8 @@ class Turn:
         self._recorded = False
         self.task: asyncio.Task[None] | None = None
         self.released = asyncio.Event()  # confirmed: from here the answer may act (call tools)
+        self.audio_out = bytearray()  # the reply's audio the client got (sent again from where a pause cut it)
+        self._before_pause = TurnState.CONFIRMED
         self._fresh(time.perf_counter())
 
     def _fresh(self, speech_end: float) -> None:
@@ -95,7 +98,7 @@ class Turn:
         self.heard = asyncio.Event()  # ... known (or unavailable)
         self._listener: asyncio.Task[None] | None = None
         self.finished = False
-        self._pending: list[_Out | Audio] = []  # held until confirmed
+        self._pending: list[_Out | Audio | Message] = []  # held until confirmed (or resumed)
         self._ended = 0  # TTS pieces fully received
         self.outcome: Outcome | None = None  # set once the pipeline ended
 
@@ -173,14 +176,16 @@ class Turn:
 
     def emit(self, msg: _Out) -> None:
         if self.confirmed:
-            self.deps.outbox.put(msg, self._live)
+            self.deps.outbox.put(msg, self._live, self.id)
         elif not self.interrupted:
-            self._pending.append(msg)
+            self._pending.append(msg)  # held: speculating, or paused
 
     async def emit_audio(self, pcm: bytes) -> None:
+        if self.confirmed:
+            await self.deps.outbox.room()  # waits while the client is far behind
         item = Audio(self.id, pcm, self._live, self._sent)
         if self.confirmed:
-            await self.deps.outbox.audio(item)  # waits while the client is far behind
+            self.deps.outbox.put_audio(item)
         elif not self.interrupted:
             self._pending.append(item)
 
@@ -188,6 +193,7 @@ class Turn:
         if self.state == TurnState.CONFIRMED:
             self.advance(TurnState.SPEAKING)
         self.mark("first_audio_sent")
+        self.audio_out += pcm
         self.deps.on_audio_sent(self.id, pcm)
 
     def confirm(self) -> None:
@@ -202,16 +208,46 @@ class Turn:
             if isinstance(item, Audio):
                 self.deps.outbox.put_audio(item)
             else:
-                self.deps.outbox.put(item, self._live)
+                self.deps.outbox.put(item, self._live, self.id)
         self._pending.clear()
         if self.finished:
             self._complete()
+
+    def pause(self) -> bool:
+        """Speech over the reply (the client was told to stop playing it): what had not gone
+        out comes back from the outbox, and it and what comes next wait for resume() or the cut."""
+        if self.state not in (TurnState.CONFIRMED, TurnState.SPEAKING, TurnState.DONE):
+            return False
+        self._before_pause = self.state
+        self.advance(TurnState.PAUSED)
+        self._pending = [*self.deps.outbox.take(self.id), *self._pending]
+        return True
+
+    def resume(self, played_samples: int) -> None:
+        """Not the user after all: the audio from `played_samples` on is sent again (the client
+        dropped what it had buffered), then everything held."""
+        if self.state != TurnState.PAUSED:
+            return
+        self.advance(self._before_pause)
+        again, self.audio_out = bytes(self.audio_out[played_samples * F32 :]), self.audio_out[: played_samples * F32]
+        for k in range(0, len(again), RESEND_CHUNK):
+            self.deps.outbox.put_audio(Audio(self.id, again[k : k + RESEND_CHUNK], self._live, self._sent))
+        for item in self._pending:
+            if isinstance(item, Audio):
+                self.deps.outbox.put_audio(item)
+            elif isinstance(item, Message):
+                self.deps.outbox.put(item.msg, item.live, item.turn_id)
+            else:
+                self.deps.outbox.put(item, self._live, self.id)
+        self._pending.clear()
+        if self.finished and self.state in (TurnState.CONFIRMED, TurnState.SPEAKING):
+            self._complete()  # the pipeline ended while paused
 
     def _complete(self) -> None:
         """Everything the turn had is queued: DONE, and its timings go out after it (made then:
         held audio released at the confirmation may not have been sent yet)."""
         self.mark_done()
-        self.deps.outbox.put(lambda: Metrics(turn_id=self.id, stages=self.stages()), self._live)
+        self.deps.outbox.put(lambda: Metrics(turn_id=self.id, stages=self.stages()), self._live, self.id)
 
     def mark_done(self) -> None:
         """Everything the turn had was sent (it may have had nothing: no usable words)."""

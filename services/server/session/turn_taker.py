@@ -10,6 +10,7 @@ it (remembered in history) once it is both confirmed and done.
     early    a turn confirmed before the detector closed its utterance (the user may go on)
     active   confirmed, streaming to the client
     last     the turn before: its audio may still be playing
+    paused   the reply the client stopped playing for speech over it: cut or resumed next
 
 Times are `clock()` seconds (perf_counter; a fake in tests/test_turn_taker.py).
 """
@@ -27,8 +28,8 @@ from services.server.session.playout import Playout
 from services.server.session.turn import Outcome, Prompt, Transcriber, Turn, TurnDeps, TurnState
 from shared.audio import OUT_RATE
 from shared.config import ServerSettings
-from shared.metrics import INTERRUPTIONS
-from shared.protocol import Interrupted, Metrics
+from shared.metrics import INTERRUPTIONS, RESUMES
+from shared.protocol import Interrupted, Metrics, Resumed
 
 log = logging.getLogger("server.session")
 
@@ -47,6 +48,8 @@ class TurnTaker:
         self.early: Turn | None = None
         self.active: Turn | None = None
         self.last: Turn | None = None
+        self.paused: Turn | None = None
+        self._paused_ms = 0.0  # how much of the paused turn the client had played
         self._ids = 0
         self._remembered: int | None = None  # the turn whose exchange was last added to the history
 
@@ -54,7 +57,7 @@ class TurnTaker:
 
     def speaking(self) -> bool:
         """A reply is being produced, or the client is still playing one."""
-        return self.active is not None or self.playout.playing()
+        return self.active is not None or self.paused is not None or self.playout.playing()
 
     def echo_audible(self) -> bool:
         """Our voice may still be coming back through the user's mic."""
@@ -157,8 +160,9 @@ class TurnTaker:
             self._finish(turn)
 
     def _ended(self, turn: Turn, outcome: Outcome) -> None:
-        """A turn's pipeline ended; a confirmed one is finished now (else at its confirmation)."""
-        if self.active is turn:
+        """A turn's pipeline ended; a confirmed one is finished now (else at its confirmation,
+        or once it is resumed)."""
+        if self.active is turn and self.paused is not turn:
             self._finish(turn)
 
     def _finish(self, turn: Turn) -> None:
@@ -172,22 +176,51 @@ class TurnTaker:
 
     def ack(self, turn_id: int, played_ms: float) -> None:
         """A playback ack; one for a cut turn may still be in flight: it must not restart the play clock."""
-        if any(t is not None and t.id == turn_id and not t.interrupted for t in (self.active, self.last)):
+        if any(t is not None and t.id == turn_id and not t.interrupted and t is not self.paused for t in (self.active, self.last)):
             self.playout.ack(turn_id, played_ms)
+
+    def pause(self) -> None:
+        """Speech over our reply that may be the user's: the client stops playing it now; the
+        words then decide whether it is cut (`interrupt`) or goes on (`resume`)."""
+        turn = self.active or (self.last if self.playout.playing() else None)
+        if self.paused is not None or turn is None or not turn.pause():
+            return
+        self.paused, self._paused_ms = turn, self.playout.stop(turn.id, echo_tail=True)
+        self.deps.outbox.put(Interrupted(turn_id=turn.id, played_ms=round(self._paused_ms, 1)))
+        log.info("turn %d paused after %.0f ms of audio: speech over it", turn.id, self._paused_ms)
+
+    def resume(self) -> None:
+        """It was not the user's words: the paused reply goes on from where the client stopped."""
+        turn, self.paused = self.paused, None
+        if turn is None or turn.state != TurnState.PAUSED:
+            return
+        played = round(self._paused_ms / 1000 * OUT_RATE)
+        self.playout.rewind(turn.id, played)
+        self.deps.outbox.put(Resumed(turn_id=turn.id, from_ms=round(self._paused_ms, 1)))
+        turn.resume(played)
+        RESUMES.inc()
+        log.info("turn %d resumed from %.0f ms: the speech over it was not the user's words", turn.id, self._paused_ms)
+        if self.active is turn and turn.outcome is not None:
+            self._finish(turn)
 
     async def interrupt(self, merged: bool = False) -> None:
         """Barge-in: stop generation and speech now; keep in memory only what was heard.
 
         `merged`: the user had not finished after all; their turn continues and will be
         answered as a whole, so the cut reply is forgotten."""
-        turn = self.active or (self.last if self.playout.playing() else None)
+        paused, self.paused = self.paused, None
+        turn = paused or self.active or (self.last if self.playout.playing() else None)
         if turn is None or turn.interrupted:
             return
         turn.end(TurnState.MERGED if merged else TurnState.INTERRUPTED)  # from here on it sends nothing more
-        played_ms = self.playout.stop(turn.id)
         INTERRUPTIONS.inc()
         turn.record("merged" if merged else "interrupted")
-        self.deps.outbox.put(Interrupted(turn_id=turn.id, played_ms=round(played_ms, 1)))
+        if turn is paused:  # the client stopped playing it already
+            played_ms = self._paused_ms
+            self.playout.stop(turn.id)
+        else:
+            played_ms = self.playout.stop(turn.id)
+            self.deps.outbox.put(Interrupted(turn_id=turn.id, played_ms=round(played_ms, 1)))
         self.deps.outbox.put(Metrics(turn_id=turn.id, stages=turn.stages()))  # a cut turn's timings are worth as much
         await turn.cancel()
         heard = turn.spoken_text(int(played_ms / 1000 * OUT_RATE))
@@ -233,7 +266,7 @@ class TurnTaker:
                 self.history.replace_last_reply(heard)
 
     async def close(self) -> None:
-        turns, self.current, self.active, self.early = (self.current, self.active), None, None, None
+        turns, self.current, self.active, self.early, self.paused = (self.current, self.active), None, None, None, None
         for t in turns:
             if t is not None:
                 if t.open:

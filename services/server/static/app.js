@@ -587,6 +587,9 @@ function onMessage(m) {
     case "interrupted":
       onInterrupted(m.turn_id, m.played_ms);
       break;
+    case "resumed":
+      onResumed(m.turn_id);
+      break;
     case "tts_stream_end":
       player?.port.postMessage({ type: "end", turn: m.turn_id });
       break;
@@ -664,6 +667,18 @@ function onInterrupted(turnId, playedMs) {
   if (t && !t.assistant.classList.contains("interrupted")) {
     t.assistant.classList.add("interrupted");
     t.assistant.append(el("span", "cut", ` — interrupted after ${(playedMs / 1000).toFixed(1)} s`));
+  }
+}
+
+// The speech over the reply was not the user's words (mhm, a cough, our echo): the server sends
+// the rest of the turn again from where we stopped; play it.
+function onResumed(turnId) {
+  cut.delete(turnId);
+  if (dropUpTo === turnId) dropUpTo = turnId - 1;
+  const t = turns.get(turnId);
+  if (t) {
+    t.assistant.classList.remove("interrupted");
+    t.assistant.querySelector(".cut")?.remove();
   }
 }
 
