@@ -41,7 +41,8 @@ EPISODE = 1.5  # s: re-judged again within this, the user's words still begin wh
 # words, is our quiet echo (a person talking over us is not 12 dB quieter than they talked before)
 QUIET_DB = 12.0
 # words that acknowledge without taking the turn (normalised: lower case, no punctuation)
-BACKCHANNELS = frozenset("mhm mm mmm hmm hm mmhmm uh huh uhhuh um ah aha oh yeah yes yep yup ok okay right sure alright i see".split())
+BACKCHANNELS = frozenset({"mhm", "mm", "mmm", "hmm", "hm", "mmhmm", "uh", "huh", "uhhuh", "um", "ah", "aha", "oh",
+                          "yeah", "yes", "yep", "yup", "ok", "okay", "right", "sure", "alright", "i", "see"})
 
 
 def only_backchannel(words: str) -> bool:

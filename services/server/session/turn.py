@@ -204,14 +204,20 @@ class Turn:
         self.mark("confirmed")
         self.advance(TurnState.CONFIRMED)
         self.released.set()
+        self._release()
+        if self.finished:
+            self._complete()
+
+    def _release(self) -> None:
+        """What was held goes to the outbox, in order."""
         for item in self._pending:
             if isinstance(item, Audio):
                 self.deps.outbox.put_audio(item)
+            elif isinstance(item, Message):  # taken back from the outbox at a pause
+                self.deps.outbox.put(item.msg, item.live, item.turn_id)
             else:
                 self.deps.outbox.put(item, self._live, self.id)
         self._pending.clear()
-        if self.finished:
-            self._complete()
 
     def pause(self) -> bool:
         """Speech over the reply (the client was told to stop playing it): what had not gone
@@ -232,14 +238,7 @@ class Turn:
         again, self.audio_out = bytes(self.audio_out[played_samples * F32 :]), self.audio_out[: played_samples * F32]
         for k in range(0, len(again), RESEND_CHUNK):
             self.deps.outbox.put_audio(Audio(self.id, again[k : k + RESEND_CHUNK], self._live, self._sent))
-        for item in self._pending:
-            if isinstance(item, Audio):
-                self.deps.outbox.put_audio(item)
-            elif isinstance(item, Message):
-                self.deps.outbox.put(item.msg, item.live, item.turn_id)
-            else:
-                self.deps.outbox.put(item, self._live, self.id)
-        self._pending.clear()
+        self._release()
         if self.finished and self.state in (TurnState.CONFIRMED, TurnState.SPEAKING):
             self._complete()  # the pipeline ended while paused
 
