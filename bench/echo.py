@@ -6,8 +6,9 @@
 Per cell, one real-time session through the real services: a corpus clip, then the
 reply is played back into the microphone like a client without echo cancellation
 (delayed, attenuated, optionally through a synthetic room with RT60 0.45 s, over
--55 dBFS hiss). Counts self-turns (a transcript beyond the user's one) and
-self-interruptions (`interrupted` with no one talking over us). With --barge, a second
+-55 dBFS hiss). Counts self-turns (a transcript beyond the user's one),
+self-interruptions (`interrupted` with no one talking over us and no `resumed` after it:
+a lost reply) and pauses (`interrupted` then `resumed`: a gap in our reply, nothing lost). With --barge, a second
 session per cell has a second clip start 1 s after the reply's first audio arrived, and
 reports whether the user got their turn: "yes" (`interrupted` came and that turn's
 transcript holds 60% of the second clip's words: it may also hold some of our echo's, which
@@ -53,8 +54,10 @@ async def cell(ws: str, first: np.ndarray, second: np.ndarray | None, loop: tupl
     barge = None if second is None else (second, BARGE_AFTER)
     res = await stream_pcm(ws, first, tail=10.0, loopback=loop, wait_for_end=2, init=LONG_REPLIES, barge=barge)
     users = 1 if second is None else 2
-    return {"turns": len(res.transcripts), "self_turns": max(0, len(res.transcripts) - users),
-            "interrupted": len(res.of("interrupted")), "audio_s": res.audio_seconds(1), "transcripts": res.transcripts}
+    paused = {m["turn_id"] for m in res.of("resumed")}
+    cut = [m for m in res.of("interrupted") if m["turn_id"] not in paused]
+    return {"turns": len(res.transcripts), "self_turns": max(0, len(res.transcripts) - users), "interrupted": len(cut),
+            "paused": len(res.of("resumed")), "audio_s": res.audio_seconds(1), "transcripts": res.transcripts}
 
 
 def barge_verdict(barge: dict, words: str) -> str:
@@ -81,7 +84,7 @@ async def main(args: argparse.Namespace) -> None:
     ws = urls["server"].replace("http://", "ws://") + "/ws/"
     rows = []
     try:
-        print(f"{'room':>6s} {'delay':>6s} {'gain':>5s} | {'self-turns':>10s} {'self-int':>8s} {'reply s':>7s}"
+        print(f"{'room':>6s} {'delay':>6s} {'gain':>5s} | {'self-turns':>10s} {'self-int':>8s} {'pauses':>6s} {'reply s':>7s}"
               + (" | barge-in" if args.barge else ""), flush=True)
         for rt60 in args.rooms:
             for delay in args.delays:
@@ -91,7 +94,7 @@ async def main(args: argparse.Namespace) -> None:
                     echo = await cell(ws, first, None, loop)
                     row = {"rt60": rt60, "delay": delay, "gain": gain, **echo}
                     line = (f"{rt60:6.2f} {delay * 1000:5.0f}ms {gain:5.1f} | {echo['self_turns']:10d} "
-                            f"{echo['interrupted']:8d} {echo['audio_s']:7.1f}")
+                            f"{echo['interrupted']:8d} {echo['paused']:6d} {echo['audio_s']:7.1f}")
                     if args.barge:
                         barge = await cell(ws, first, second, loop)
                         row["barge_in"] = barge_verdict(barge, second_clip.transcript)
@@ -101,7 +104,8 @@ async def main(args: argparse.Namespace) -> None:
     finally:
         stop_system(proc)
     bad = sum(r["self_turns"] + r["interrupted"] for r in rows)
-    print(f"\n{len(rows)} cells: {bad} self-turns + self-interruptions")
+    print(f"\n{len(rows)} cells: {bad} self-turns + self-interruptions; {sum(r['paused'] for r in rows)} pauses resumed "
+          f"(in {sum(r['paused'] > 0 for r in rows)} cells)")
     if args.barge:
         n = {v: sum(r["barge_in"] == v for r in rows) for v in ("yes", "late", "n/a", "NO")}
         print(f"talk-over: interrupted with the user's words in {n['yes']}, their own turn after the reply in "

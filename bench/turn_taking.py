@@ -16,9 +16,14 @@
    (WER against the whole reference <= 35%). Latency p50 is over the non-early answers.
    The "silence only" configuration (no early end of turn: every answer waits for the
    full silence limit) shows the latency cost of the default policy.
+   For each early reply: how long we talked over the speaker, from their going on (the
+   first voiced frame after our early audio arrived) to its `interrupted`.
 2. Barge-in: a clip, then, as soon as its answer's first audio arrives, a second clip.
-   Reports the time from the second clip's first voiced frame to `interrupted` and to
-   the last audio chunk of the old turn received.
+   Reports the time from the second clip's first voiced frame to `interrupted` (p50, p90)
+   and to the last audio chunk of the old turn received.
+3. False interruptions (`--false-barge N`): "Yeah." (our TTS) or a 0.4 s cough-like burst
+   1 s into a reply: paused (`interrupted`), resumed (`resumed`), or lost (interrupted and
+   never resumed); the gap between the two, and whether the sound became a turn.
 """
 
 from __future__ import annotations
@@ -45,6 +50,47 @@ from tests.conftest import load_corpus, start_system, stop_system, system_env, w
 CONFIGS = {"default": {}, "silence only": {"SERVER_CONFIRM_SILENCE": "0.9"}}
 
 
+def false_sounds(tts: str) -> dict[str, np.ndarray]:
+    """Sounds over our reply that must not take the turn: "Yeah." in our own TTS voice, and a cough-like burst."""
+    import io
+
+    import httpx
+    import soundfile as sf
+
+    from shared.audio import resample
+    from testing.audio import cough
+    from tests.conftest import at_level
+
+    audio, rate = sf.read(io.BytesIO(httpx.post(f"{tts}/tts", json={"text": "Yeah."}, timeout=30).content), dtype="float32")
+    return {"yeah": at_level((resample(audio, rate, 16000) * 32767).astype(np.int16), -20.0), "cough": cough()}
+
+
+def voiced_frames(pcm: np.ndarray, floor_db: float = 35.0) -> np.ndarray:
+    """Indices of the 20 ms frames within `floor_db` of the loudest."""
+    f = pcm[: len(pcm) // 320 * 320].astype(np.float32).reshape(-1, 320) / 32768
+    db = 10 * np.log10((f**2).mean(1) + 1e-12)
+    return np.nonzero(db > db.max() - floor_db)[0]
+
+
+def talked_over_ms(res, audio: np.ndarray, lead: float = 0.5) -> list[float]:  # noqa: ANN001
+    """For each turn whose audio began before the speaker finished and was then cut: ms from
+    the speaker going on (their first voiced frame after our audio arrived) to `interrupted`."""
+    if res.speech_end is None:
+        return []
+    voiced = voiced_frames(audio)
+    t0 = res.speech_end - (lead + (voiced[-1] + 1) * 0.02)  # when the stream began
+    out = []
+    for cut in (e for e in res.events if e.type == "interrupted"):
+        tid = cut.msg["turn_id"]
+        first = min((e.t for e in res.events if e.type == "tts_stream" and e.msg["data"]["turn_id"] == tid), default=None)
+        if first is None or first >= res.speech_end:
+            continue
+        after = voiced[voiced * 0.02 > first - t0 - lead]
+        went_on = t0 + lead + after[0] * 0.02 if len(after) else first
+        out.append((cut.t - max(went_on, first)) * 1000)
+    return out
+
+
 async def pauses(ws: str, name: str, utts: list[Utterance]) -> list[dict]:
     rows = []
     for u in utts:
@@ -53,7 +99,7 @@ async def pauses(ws: str, name: str, utts: list[Utterance]) -> list[dict]:
         row = {"id": u.id, "pause": u.pauses[0] if name != "long" else None, "pauses": list(u.pauses),
                "early": res.early_audio > 0, "transcripts": len(res.transcripts), "turns": len(final_transcripts(res)),
                "one_turn": one_turn(res, u.reference), "merged": sum(m.get("replaces") is not None for m in res.of("transcript")),
-               "latency_ms": None if lat is None else lat * 1000, "ref": u.reference,
+               "latency_ms": None if lat is None else lat * 1000, "ref": u.reference, "talked_over_ms": talked_over_ms(res, u.audio),
                "final": [t for _, t in final_transcripts(res)]}
         rows.append(row)
         print(f"  [{name}] {u.id[:48]:48s} pauses {','.join(f'{p:.2f}' for p in u.pauses):15s} one turn {row['one_turn']!s:5s} "
@@ -87,7 +133,7 @@ async def barge_in(ws: str, first: np.ndarray, second: np.ndarray) -> dict | Non
         t_wait = time.perf_counter()
         while not answered() and time.perf_counter() - t_wait < 15:
             await speak(np.zeros(1600, np.int16))
-        t_onset = await speak(np.concatenate([second, np.zeros(16000 * 3, np.int16)]))
+        t_onset = await speak(np.concatenate([second, np.zeros(16000 * 3, np.int16)])) + voiced_frames(second)[0] * 0.02
         reader.cancel()
     cut = [(t, m) for t, m in events if m["type"] == "interrupted"]
     if not cut:
@@ -96,6 +142,17 @@ async def barge_in(ws: str, first: np.ndarray, second: np.ndarray) -> dict | Non
     last_old = max(t for t, m in events if m["type"] == "tts_stream" and m["data"]["turn_id"] == old)
     return {"to_interrupted_ms": (cut[0][0] - t_onset) * 1000, "to_last_old_audio_ms": (last_old - t_onset) * 1000,
             "old_audio_after_interrupted": sum(1 for t, m in events if m["type"] == "tts_stream" and m["data"]["turn_id"] == old and t > cut[0][0])}
+
+
+async def false_barge(ws: str, first: np.ndarray, sound: np.ndarray, after: float = 1.0) -> dict:
+    """A reply, then `sound` (not words that take the turn) `after` s into it."""
+    res = await stream_pcm(ws + uuid.uuid4().hex, first, tail=12.0, barge=(sound, after),
+                           init={"agentId": "assistant", "userId": "bench", "agentName": "Bench",
+                                 "systemPrompt": "A chatty voice assistant who always answers in four or five long spoken sentences."})
+    cut = [e for e in res.events if e.type == "interrupted" and e.msg["turn_id"] == 1]
+    back = [e for e in res.events if e.type == "resumed" and e.msg["turn_id"] == 1]
+    return {"reply_s": res.audio_seconds(1), "paused": bool(cut), "resumed": bool(back), "lost": bool(cut) and not back,
+            "gap_ms": (back[0].t - cut[0].t) * 1000 if cut and back else None, "turns": len(res.transcripts)}
 
 
 def summary(rows: list[dict]) -> list[str]:
@@ -122,6 +179,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="first N utterances of each set")
     ap.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, of {', '.join(CONFIGS)}")
     ap.add_argument("--barge-in", type=int, default=6, help="barge-in runs (default configuration); 0 = none")
+    ap.add_argument("--false-barge", type=int, default=0, help="runs of each false interruption (yeah, cough); 0 = none")
     ap.add_argument("--no-start", action="store_true", help="use services already running at --base-port (their own policy)")
     ap.add_argument("--base-port", type=int, default=8100, help="server port; stt, chat, tts on the next three")
     ap.add_argument("--json", default=str(ROOT / "bench" / "results" / "turn_taking.json"))
@@ -146,6 +204,9 @@ def main() -> None:
             if name == "default" and args.barge_in:
                 pairs = [(corpus[i], corpus[i + 1]) for i in range(0, min(len(corpus) - 1, 2 * args.barge_in), 2)]
                 out[name]["barge_in"] = [b for a, c in pairs if (b := asyncio.run(barge_in(ws, a.audio, c.audio)))]
+            if name == "default" and args.false_barge:
+                out[name]["false_barge"] = {kind: [asyncio.run(false_barge(ws, corpus[k].audio, sound)) for k in range(args.false_barge)]
+                                            for kind, sound in false_sounds(urls["tts"]).items()}
         finally:
             if proc is not None:
                 stop_system(proc)
@@ -153,9 +214,20 @@ def main() -> None:
         for s in sets:
             print(f"\n{name}, set {s}: replies started before the speaker finished, by inner pause")
             print("\n".join(summary(out[name][s])))
+        over = [ms for s in sets for r in out[name][s] for ms in r["talked_over_ms"]]
+        if over:
+            print(f"\n{name}: early replies the speaker went on over: {len(over)}, stopped after p50 {statistics.median(over):.0f} ms, "
+                  f"max {max(over):.0f} ms of talking over them")
+    for kind, runs in out.get("default", {}).get("false_barge", {}).items():
+        gaps = [r["gap_ms"] for r in runs if r["gap_ms"] is not None]
+        print(f"\nfalse interruption '{kind}' ({len(runs)} runs): paused {sum(r['paused'] for r in runs)}, resumed "
+              f"{sum(r['resumed'] for r in runs)}, lost {sum(r['lost'] for r in runs)}, became a turn {sum(r['turns'] > 1 for r in runs)}; "
+              f"gap p50 {statistics.median(gaps) if gaps else float('nan'):.0f} ms")
     bi = out.get("default", {}).get("barge_in")
     if bi:
-        print(f"\nbarge-in ({len(bi)} runs): start of user speech -> interrupted p50 {statistics.median(b['to_interrupted_ms'] for b in bi):.0f} ms, "
+        lat = sorted(b["to_interrupted_ms"] for b in bi)
+        print(f"\nbarge-in ({len(bi)} runs): first voiced frame of the user's speech -> interrupted p50 {statistics.median(lat):.0f} ms, "
+              f"p90 {lat[int(0.9 * (len(lat) - 1))]:.0f} ms, "
               f"-> last old-turn audio chunk p50 {statistics.median(b['to_last_old_audio_ms'] for b in bi):.0f} ms "
               f"(max {max(b['to_last_old_audio_ms'] for b in bi):.0f}); old-turn chunks after interrupted: {sum(b['old_audio_after_interrupted'] for b in bi)}")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -20,3 +20,10 @@ def room_impulse_response(rt60: float, rate: int = STT_RATE, drr_db: float = 0.0
 def white_noise(n: int, level_dbfs: float, seed: int = 0) -> np.ndarray:
     """Gaussian noise at `level_dbfs` RMS."""
     return (np.random.default_rng(seed).standard_normal(n) * 10 ** (level_dbfs / 20)).astype(np.float32)
+
+
+def cough(seconds: float = 0.4, seed: int = 3) -> np.ndarray:
+    """A cough-like burst (noise under a Hann window, ~-18 dBFS at its peak): a sound over our
+    reply that is not words. int16, 16 kHz."""
+    n = int(seconds * STT_RATE)
+    return (np.hanning(n) * np.random.default_rng(seed).standard_normal(n) * 0.25 * 32767).astype(np.int16)

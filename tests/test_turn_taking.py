@@ -16,6 +16,7 @@ import websockets
 
 from shared.audio import resample
 from shared.wer import normalise, wer
+from testing.audio import cough
 from testing.session_client import stream_pcm
 from tests.conftest import SPOKEN, at_level, babble, trimmed, with_pause
 
@@ -156,10 +157,8 @@ async def _backchannel(tts: str, text: str) -> np.ndarray:
 async def test_a_backchannel_or_a_cough_over_the_reply_pauses_it_and_it_goes_on(system, corpus):
     """"Yeah." or a cough over our reply: it pauses (`interrupted`), then goes on from where the
     client stopped (`resumed`, LiveKit's false interruption): nothing of it lost, no new turn."""
-    rng = np.random.default_rng(3)
-    cough = (np.hanning(6400) * rng.standard_normal(6400) * 0.25 * 32767).astype(np.int16)  # 0.4 s of a burst
     first = by_length(corpus)[-8]
-    for name, sound in (("yeah", await _backchannel(system.tts, "Yeah.")), ("cough", cough)):
+    for name, sound in (("yeah", await _backchannel(system.tts, "Yeah.")), ("cough", cough())):
         for _ in range(4):
             res = await stream_pcm(system.ws, first.audio, tail=14.0, barge=(sound, 1.0),
                                    init={"agentId": "assistant", "userId": "t", "agentName": "T", "systemPrompt": LONG_REPLIES})
