@@ -108,7 +108,9 @@ async def pauses(ws: str, name: str, utts: list[Utterance]) -> list[dict]:
     return rows
 
 
-async def barge_in(ws: str, first: np.ndarray, second: np.ndarray) -> dict | None:
+async def barge_in(ws: str, first: np.ndarray, second: np.ndarray, after: float = 0.0) -> dict:
+    """`second` starts `after` s after the answer's first audio arrived (0: at once, mostly over an
+    answer given before the detector closed the first utterance: the user going on)."""
     events: list[tuple[float, dict]] = []
     async with websockets.connect(ws + uuid.uuid4().hex, max_size=2**24) as sock:
         await sock.send(json.dumps({"agentId": "assistant", "userId": "bench", "agentName": "Bench"}))
@@ -133,14 +135,17 @@ async def barge_in(ws: str, first: np.ndarray, second: np.ndarray) -> dict | Non
         t_wait = time.perf_counter()
         while not answered() and time.perf_counter() - t_wait < 15:
             await speak(np.zeros(1600, np.int16))
+        if after:
+            await speak(np.zeros(int(after * 16000), np.int16))
         t_onset = await speak(np.concatenate([second, np.zeros(16000 * 3, np.int16)])) + voiced_frames(second)[0] * 0.02
         reader.cancel()
     cut = [(t, m) for t, m in events if m["type"] == "interrupted"]
-    if not cut:
-        return None
+    if not cut:  # the answer had ended before the user spoke
+        return {"after_s": after, "to_interrupted_ms": None, "reply_s": sum(len(m["data"]["chunk"]) * 3 // 16 for _, m in events
+                                                                           if m["type"] == "tts_stream") / 24000}
     old = cut[0][1]["turn_id"]
     last_old = max(t for t, m in events if m["type"] == "tts_stream" and m["data"]["turn_id"] == old)
-    return {"to_interrupted_ms": (cut[0][0] - t_onset) * 1000, "to_last_old_audio_ms": (last_old - t_onset) * 1000,
+    return {"after_s": after, "to_interrupted_ms": (cut[0][0] - t_onset) * 1000, "to_last_old_audio_ms": (last_old - t_onset) * 1000,
             "old_audio_after_interrupted": sum(1 for t, m in events if m["type"] == "tts_stream" and m["data"]["turn_id"] == old and t > cut[0][0])}
 
 
@@ -203,7 +208,7 @@ def main() -> None:
             out[name] = {s: asyncio.run(pauses(ws, s, utts)) for s, utts in sets.items()}
             if name == "default" and args.barge_in:
                 pairs = [(corpus[i], corpus[i + 1]) for i in range(0, min(len(corpus) - 1, 2 * args.barge_in), 2)]
-                out[name]["barge_in"] = [b for a, c in pairs if (b := asyncio.run(barge_in(ws, a.audio, c.audio)))]
+                out[name]["barge_in"] = [asyncio.run(barge_in(ws, a.audio, c.audio, after)) for after in (0.0, 1.0) for a, c in pairs]
             if name == "default" and args.false_barge:
                 out[name]["false_barge"] = {kind: [asyncio.run(false_barge(ws, corpus[k].audio, sound)) for k in range(args.false_barge)]
                                             for kind, sound in false_sounds(urls["tts"]).items()}
@@ -223,10 +228,13 @@ def main() -> None:
         print(f"\nfalse interruption '{kind}' ({len(runs)} runs): paused {sum(r['paused'] for r in runs)}, resumed "
               f"{sum(r['resumed'] for r in runs)}, lost {sum(r['lost'] for r in runs)}, became a turn {sum(r['turns'] > 1 for r in runs)}; "
               f"gap p50 {statistics.median(gaps) if gaps else float('nan'):.0f} ms")
-    bi = out.get("default", {}).get("barge_in")
-    if bi:
+    for after in (0.0, 1.0):
+        runs = [b for b in out.get("default", {}).get("barge_in", []) if b["after_s"] == after]
+        bi = [b for b in runs if b["to_interrupted_ms"] is not None]
+        if not bi:
+            continue
         lat = sorted(b["to_interrupted_ms"] for b in bi)
-        print(f"\nbarge-in ({len(bi)} runs): first voiced frame of the user's speech -> interrupted p50 {statistics.median(lat):.0f} ms, "
+        print(f"\nbarge-in {after:.0f} s into the reply ({len(runs)} runs, {len(runs) - len(bi)} ended first): first voiced frame of the user's speech -> interrupted p50 {statistics.median(lat):.0f} ms, "
               f"p90 {lat[int(0.9 * (len(lat) - 1))]:.0f} ms, "
               f"-> last old-turn audio chunk p50 {statistics.median(b['to_last_old_audio_ms'] for b in bi):.0f} ms "
               f"(max {max(b['to_last_old_audio_ms'] for b in bi):.0f}); old-turn chunks after interrupted: {sum(b['old_audio_after_interrupted'] for b in bi)}")

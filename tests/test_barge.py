@@ -67,9 +67,13 @@ def test_with_no_echo_possible_it_pauses_without_asking_the_contour():
 
 
 def test_a_paused_reply_goes_on_when_it_was_not_the_users_words():
-    j, check = held()  # our own words came back: echo, watched
-    assert j.heard_words(check, "the weather today is sunny", SAID, -25.0, 10.6, 10.6) == [Do.RESUME, Do.ECHO]
+    j, check = held()  # our own words came back, and stopped with the pause: echo, watched
+    assert j.heard_words(check, "the weather today is sunny", SAID, -25.0, 10.6, 10.6, going_on=False) == [Do.RESUME, Do.ECHO]
     assert j.heard == Heard.ECHO_WORDS
+    j, check = held()  # our words, but the speech goes on after we stopped: heard again with more of it
+    (again,) = j.heard_words(check, "the weather today", SAID, -25.0, 10.6, 10.6)
+    assert isinstance(again, CheckWords) and again.relistens == 0
+    assert j.heard_words(again, "the weather today, is it going to rain later?", SAID, -25.0, 11.0, 11.0) == [Do.BARGE_IN]
     j, check = held()  # "mhm", over: a backchannel
     assert j.heard_words(check, "Mm-hmm.", SAID, -22.0, 10.6, 10.6, going_on=False) == [Do.RESUME]
     assert j.heard == Heard.BACKCHANNEL

@@ -194,6 +194,8 @@ class BargeJudge:
         if words is None:
             return self._barge_in()
         if repeats_our_words(words, said):
+            if going_on and check.relistens > 0:  # our echo stops with the pause; a user who repeats our words goes on
+                return [CheckWords(check.onset, RELISTEN_AFTER, check.relistens - 1, check.ours, check.overturn, check.continuation)]
             return [Do.RESUME, *self._echo(Heard.ECHO_WORDS, now)]
         if check.continuation and not going_on:  # our echo's first syllable, or a breath: they did not go on
             self.heard = Heard.BACKCHANNEL
