@@ -18,7 +18,8 @@
    full silence limit) shows the latency cost of the default policy.
    For each early reply: how long we talked over the speaker, from their going on (the
    first voiced frame after our early audio arrived) to its `interrupted`.
-2. Barge-in: a clip, then, as soon as its answer's first audio arrives, a second clip.
+2. Barge-in: a clip, then, as soon as its answer's first audio arrives (and again 3 s into it),
+   a second clip.
    Reports the time from the second clip's first voiced frame to `interrupted` (p50, p90)
    and to the last audio chunk of the old turn received.
 3. False interruptions (`--false-barge N`): "Yeah." (our TTS) or a 0.4 s cough-like burst
@@ -48,6 +49,10 @@ from testing.session_client import stream_pcm  # noqa: E402
 from tests.conftest import load_corpus, start_system, stop_system, system_env, wait_ready  # noqa: E402
 
 CONFIGS = {"default": {}, "silence only": {"SERVER_CONFIRM_SILENCE": "0.9"}}
+LONG_REPLIES = "A chatty voice assistant who always answers in four or five long spoken sentences."
+# talk-over this long after the answer's first audio: at once (the user going on after an answer
+# given before the detector closed their utterance), and once the utterance closed (up to 2.5 s)
+BARGE_AFTER = (0.0, 3.0)
 
 
 def false_sounds(tts: str) -> dict[str, np.ndarray]:
@@ -113,7 +118,7 @@ async def barge_in(ws: str, first: np.ndarray, second: np.ndarray, after: float 
     answer given before the detector closed the first utterance: the user going on)."""
     events: list[tuple[float, dict]] = []
     async with websockets.connect(ws + uuid.uuid4().hex, max_size=2**24) as sock:
-        await sock.send(json.dumps({"agentId": "assistant", "userId": "bench", "agentName": "Bench"}))
+        await sock.send(json.dumps({"agentId": "assistant", "userId": "bench", "agentName": "Bench", "systemPrompt": LONG_REPLIES}))
 
         async def read() -> None:
             async for raw in sock:
@@ -152,8 +157,7 @@ async def barge_in(ws: str, first: np.ndarray, second: np.ndarray, after: float 
 async def false_barge(ws: str, first: np.ndarray, sound: np.ndarray, after: float = 1.0) -> dict:
     """A reply, then `sound` (not words that take the turn) `after` s into it."""
     res = await stream_pcm(ws + uuid.uuid4().hex, first, tail=12.0, barge=(sound, after),
-                           init={"agentId": "assistant", "userId": "bench", "agentName": "Bench",
-                                 "systemPrompt": "A chatty voice assistant who always answers in four or five long spoken sentences."})
+                           init={"agentId": "assistant", "userId": "bench", "agentName": "Bench", "systemPrompt": LONG_REPLIES})
     cut = [e for e in res.events if e.type == "interrupted" and e.msg["turn_id"] == 1]
     back = [e for e in res.events if e.type == "resumed" and e.msg["turn_id"] == 1]
     return {"reply_s": res.audio_seconds(1), "paused": bool(cut), "resumed": bool(back), "lost": bool(cut) and not back,
@@ -208,7 +212,7 @@ def main() -> None:
             out[name] = {s: asyncio.run(pauses(ws, s, utts)) for s, utts in sets.items()}
             if name == "default" and args.barge_in:
                 pairs = [(corpus[i], corpus[i + 1]) for i in range(0, min(len(corpus) - 1, 2 * args.barge_in), 2)]
-                out[name]["barge_in"] = [asyncio.run(barge_in(ws, a.audio, c.audio, after)) for after in (0.0, 1.0) for a, c in pairs]
+                out[name]["barge_in"] = [asyncio.run(barge_in(ws, a.audio, c.audio, after)) for after in BARGE_AFTER for a, c in pairs]
             if name == "default" and args.false_barge:
                 out[name]["false_barge"] = {kind: [asyncio.run(false_barge(ws, corpus[k].audio, sound)) for k in range(args.false_barge)]
                                             for kind, sound in false_sounds(urls["tts"]).items()}
@@ -228,7 +232,7 @@ def main() -> None:
         print(f"\nfalse interruption '{kind}' ({len(runs)} runs): paused {sum(r['paused'] for r in runs)}, resumed "
               f"{sum(r['resumed'] for r in runs)}, lost {sum(r['lost'] for r in runs)}, became a turn {sum(r['turns'] > 1 for r in runs)}; "
               f"gap p50 {statistics.median(gaps) if gaps else float('nan'):.0f} ms")
-    for after in (0.0, 1.0):
+    for after in BARGE_AFTER:
         runs = [b for b in out.get("default", {}).get("barge_in", []) if b["after_s"] == after]
         bi = [b for b in runs if b["to_interrupted_ms"] is not None]
         if not bi:

@@ -10,6 +10,7 @@ from services.server.session.barge import (
     PREROLL,
     RELISTEN_AFTER,
     RELISTENS,
+    SETTLE,
     BargeJudge,
     CheckWords,
     Do,
@@ -73,6 +74,7 @@ def test_a_paused_reply_goes_on_when_it_was_not_the_users_words():
     j, check = held()  # our words, but the speech goes on after we stopped: heard again with more of it
     (again,) = j.heard_words(check, "the weather today", SAID, -25.0, 10.6, 10.6)
     assert isinstance(again, CheckWords) and again.relistens == 0
+    assert again.onset == 10.0 + PAUSE_AFTER + SETTLE  # only what came after our voice left the room
     assert j.heard_words(again, "the weather today, is it going to rain later?", SAID, -25.0, 11.0, 11.0) == [Do.BARGE_IN]
     j, check = held()  # "mhm", over: a backchannel
     assert j.heard_words(check, "Mm-hmm.", SAID, -22.0, 10.6, 10.6, going_on=False) == [Do.RESUME]

@@ -30,6 +30,7 @@ from shared.wer import normalise
 LOOK = 0.2  # s between looks at whether speech judged echo still follows our contour
 MISSES = 2  # looks in a row that do not follow it: judged again (one miss is chance)
 PAUSE_AFTER = 0.25  # s of speech over our reply, not our echo, that pauses it
+SETTLE = 0.3  # s after a pause for our echo to die away in the mic (its delay, a room's tail)
 TAIL = 1.0  # s after our playback ends that an echo may still be heard
 RELISTENS = 3  # a re-judging check that heard no words listens again, with more audio, this often
 RELISTEN_AFTER = 0.4  # s between those looks
@@ -111,6 +112,7 @@ class BargeJudge:
         self.voice_db: float | None = None  # the user's speaking level (dBFS), from their last utterance
         self._look, self._misses = 0.0, 0  # when the echo is next looked at; looks that missed
         self._rejudged_at = -EPISODE
+        self._paused_at = 0.0  # detector time our reply was paused
 
     # ---------------------------------------------------------------- what the detector says
 
@@ -194,8 +196,10 @@ class BargeJudge:
         if words is None:
             return self._barge_in()
         if repeats_our_words(words, said):
-            if going_on and check.relistens > 0:  # our echo stops with the pause; a user who repeats our words goes on
-                return [CheckWords(check.onset, RELISTEN_AFTER, check.relistens - 1, check.ours, check.overturn, check.continuation)]
+            if going_on and check.relistens > 0:
+                # our echo stops with the pause; the user (saying words we said: "the", "it was") goes on.
+                # Heard again on what came after the pause only, where our voice no longer is
+                return [CheckWords(self._paused_at + SETTLE, RELISTEN_AFTER, check.relistens - 1, check.ours, check.overturn, check.continuation)]
             return [Do.RESUME, *self._echo(Heard.ECHO_WORDS, now)]
         if check.continuation and not going_on:  # our echo's first syllable, or a breath: they did not go on
             self.heard = Heard.BACKCHANNEL
@@ -215,7 +219,7 @@ class BargeJudge:
 
     def _hold(self, t: float, continuation: bool = False) -> list[Action]:
         """Pause our reply; the words check comes once the speech has lasted a backchannel's length."""
-        self.heard = Heard.HELD
+        self.heard, self._paused_at = Heard.HELD, t
         wait = max(0.0, self.backchannel_max - (t - self.onset))
         return [Do.PAUSE, CheckWords(self.onset, wait, relistens=1, continuation=continuation)]
 
