@@ -12,7 +12,8 @@ made-up times (tests/test_barge.py).
   of the user's cut the reply (barge in); our own words, a backchannel ("mhm", "yeah"), a
   cough or noise that stopped, and no words far quieter than the user speaks let it go on
   from where it stopped (`Do.RESUME`: LiveKit's "false interruption").
-- The user going on within moments of an answer given early pauses it at once.
+- The user going on within moments of an answer given early pauses it at once (unless our
+  own voice has come back in this session: on a speakerphone our echo's onset would do it).
 - Speech judged echo keeps being watched: when it stops following our contour twice in
   a row, or goes on after our playback ended, it is judged again; re-judged speech is
   the user's only when two checks 0.4 s apart hear words not ours (Whisper mishears a
@@ -113,6 +114,7 @@ class BargeJudge:
         self._look, self._misses = 0.0, 0  # when the echo is next looked at; looks that missed
         self._rejudged_at = -EPISODE
         self._paused_at = 0.0  # detector time our reply was paused
+        self.echo_heard = False  # our voice has come back through this user's mic (no echo cancellation)
 
     # ---------------------------------------------------------------- what the detector says
 
@@ -125,7 +127,8 @@ class BargeJudge:
         user very likely goes on (our early answer has only just begun): pause it now."""
         self.heard = Heard.BARGE if self.allow_interruptions else Heard.IGNORED
         self.onset = onset
-        return self._hold(onset, continuation=True) if at_once and self.allow_interruptions else []
+        # not once our own voice has come back in this session (a speakerphone): its onset would pause us each time
+        return self._hold(onset, continuation=True) if at_once and self.allow_interruptions and not self.echo_heard else []
 
     def utterance_ended(self) -> list[Action]:
         """The detector closed the utterance; a reply still paused for it goes on."""
@@ -201,8 +204,8 @@ class BargeJudge:
                 # Heard again on what came after the pause only, where our voice no longer is
                 return [CheckWords(self._paused_at + SETTLE, RELISTEN_AFTER, check.relistens - 1, check.ours, check.overturn, check.continuation)]
             return [Do.RESUME, *self._echo(Heard.ECHO_WORDS, now)]
-        if check.continuation and not going_on:  # our echo's first syllable, or a breath: they did not go on
-            self.heard = Heard.BACKCHANNEL
+        if check.continuation and not going_on:  # our echo's onset (it stopped with us), or a breath: they did not go on
+            self.heard, self.echo_heard = Heard.BACKCHANNEL, True
             return [Do.RESUME]
         silent = not words.strip()
         if silent or only_backchannel(words):
@@ -229,7 +232,7 @@ class BargeJudge:
         return margin is not None and margin > QUIET_DB
 
     def _echo(self, kind: Heard, now: float) -> list[Action]:
-        self.heard = kind
+        self.heard, self.echo_heard = kind, True
         self._look, self._misses = now + LOOK, 0
         return [Do.ECHO]
 
