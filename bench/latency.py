@@ -176,6 +176,13 @@ def report(name: str, rows: list[dict], std: list[str], mem: dict[str, float], n
     print(f"\n{ok(p50 <= TARGET_P50)} end of speech -> first audio p50 {p50:.0f} ms (target <= {TARGET_P50:.0f}) over {len(lat)}/{len(rows)}")
     print(f"{ok(p90 <= TARGET_P90)} end of speech -> first audio p90 {p90:.0f} ms (target <= {TARGET_P90:.0f})")
     print(f"{ok(early <= allowed * len(rows))} replies started before the speaker finished: {early}/{len(rows)} (target <= {allowed:.0%})")
+    # every turn must have its language model's P(end) before it is confirmed: a missing cue is a bug, not a verdict
+    missing = [r["id"] for r in rows if r["stages"] and "end_of_turn" not in r["stages"]]
+    late = [r["id"] for r in rows if "end_of_turn" in r["stages"] and "confirmed" in r["stages"]
+            and r["stages"]["end_of_turn"] > r["stages"]["confirmed"]]
+    out["lm_reading_missing"], out["lm_reading_late"] = missing, late
+    print(f"{ok(not missing and not late)} language-model reading before the end of turn: missing in {len(missing)}, "
+          f"after the confirmation in {len(late)} of {len(rows)}{(': ' + ', '.join(missing + late)) if missing or late else ''}")
     print(f"{ok(w_session - w_std <= TARGET_WER_POINTS / 100)} WER session {w_session:.1%} vs standard transcribe() {w_std:.1%} "
           f"({(w_session - w_std) * 100:+.1f} points; target <= +{TARGET_WER_POINTS:.0f})")
     print(f"{ok(total_mb <= TARGET_MB)} memory (RSS MB): {', '.join(f'{k} {v:.0f}' for k, v in sorted(mem.items()))}; "

@@ -22,6 +22,7 @@ ACTIVE_SESSIONS = Gauge("s2s_server_active_sessions", "open sessions on /ws")
 QUEUED_SESSIONS = Gauge("s2s_server_queued_sessions", "sessions waiting for a place on /ws")
 TURNS = Counter("s2s_server_turns_total", "turns, by how they ended", ["outcome"])
 INTERRUPTIONS = Counter("s2s_server_interruptions_total", "answers cut by the user speaking (barge-in)")
+PAUSES = Counter("s2s_server_paused_replies_total", "answers paused for speech over them (then cut, or resumed)")
 RESUMES = Counter("s2s_server_resumed_replies_total", "answers paused for speech over them that went on (not the user's words)")
 SESSION_ERRORS = Counter("s2s_server_errors_total", "error messages sent to clients, by code", ["code"])
 TURN_STAGE = Histogram("s2s_server_turn_stage_seconds", "time from the end of the user's speech to each stage of a turn",

@@ -186,3 +186,45 @@ async def test_going_on_after_an_early_answer_merges_only_soon_after_it_began(ga
     assert (second.replaces == 1) is merged, transcripts
     if not merged:  # the early answer had ended and stands: nothing of it is cut
         assert 1 not in [m.turn_id for m in channel.of(Interrupted)]
+
+
+async def test_an_early_answer_stops_within_100_ms_of_the_user_going_on() -> None:
+    """Answered early, the user goes on 0.8 s into the silence (0.35 s into our answer): the
+    answer is paused at the detector's onset, before any words check, and then merged. Counted
+    in audio fed to the session, so the bound does not depend on this machine's speed."""
+    from testing.fakes import RecordingChannel
+
+    fed = [0]
+
+    class Timed(RecordingChannel):
+        at: dict[str, int] = {}
+
+        async def send(self, msg) -> None:  # noqa: ANN001
+            self.at.setdefault(str(msg.type), fed[0])
+            await super().send(msg)
+
+    channel = Timed()
+    s = make_session(channel, end_of_turn_policy="both")
+    s.ups.stt.transcribe = _slow(s.ups.stt.transcribe, 0.3)  # the words check must not be what stops it
+    s.turns.deps.open_speech = FakeSpeeches(samples_per_piece=48000)  # 2 s a piece: still playing when they go on
+    await s.start()
+    pcm = two_utterances(0.8)
+    for i in range(0, len(pcm), 640):
+        await s.on_audio(pcm[i : i + 640])
+        fed[0] = (i + 640) // 2
+        await asyncio.sleep(0.02)
+    await s.close()
+    onset = int((0.2 + 1.2 + 0.8) * STT_RATE)
+    assert channel.of(TranscriptOut)[1].replaces == 1  # merged into one turn
+    assert "interrupted" in channel.at and "resumed" not in channel.at
+    stopped_ms = (channel.at["interrupted"] - onset) / STT_RATE * 1000
+    print(f"\nstopped {stopped_ms:.0f} ms after the user went on")
+    assert 0 < stopped_ms <= 100 + 20, stopped_ms  # within one 20 ms frame of 100 ms
+
+
+def _slow(transcribe, seconds: float):  # noqa: ANN001, ANN202
+    async def slow(audio: np.ndarray) -> str:
+        await asyncio.sleep(seconds)
+        return await transcribe(audio)
+
+    return slow

@@ -78,7 +78,7 @@ async def test_the_user_going_on_drops_the_held_answer_and_the_turn_keeps_its_id
     turn = rig.tt.open_turn()
     rig.speculate("I would like to")
     await rig.settle()
-    assert await rig.tt.resumed() and turn.state == TurnState.LISTENING
+    assert await rig.tt.user_went_on() and turn.state == TurnState.LISTENING
     rig.speculate("I would like to book a table.")
     await rig.tt.promote(turn)
     await rig.settle()
@@ -141,6 +141,23 @@ async def test_a_paused_reply_that_goes_on_resends_what_was_not_heard_then_the_r
     assert isinstance(after[-1], Metrics) and TtsStreamEnd in map(type, after)
     assert turn.state == TurnState.DONE and rig.tt.paused is None
     assert rig.tt.prompt()[-1]["content"] == rig.chat.reply  # the whole reply is remembered
+
+
+async def test_a_reply_paused_after_all_of_it_was_sent_ends_again_after_the_resend():
+    """All sent (TTS is faster than playback), still playing: the client drops its buffer, and
+    its end marker with it, at `interrupted`; after `resumed` the rest and a new `tts_stream_end`."""
+    rig = Rig(counting=True)
+    turn = await rig.answer("Tell me a story.")
+    assert turn.state == TurnState.DONE
+    total = len(audio_of(rig.channel.sent, turn.id))
+    rig.clock.advance(0.1)  # 2400 samples heard
+    rig.tt.pause()
+    rig.tt.resume()
+    await rig.settle()
+    after = rig.channel.sent[next(i for i, m in enumerate(rig.channel.sent) if isinstance(m, Resumed)) + 1 :]
+    again = audio_of(after, turn.id)
+    assert np.array_equal(again, np.arange(2400, total, dtype="<f4"))  # the rest, once
+    assert isinstance(after[-1], TtsStreamEnd) and turn.state == TurnState.DONE
 
 
 async def test_a_paused_reply_that_is_cut_sends_one_interrupted_and_keeps_what_was_heard():

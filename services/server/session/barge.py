@@ -22,7 +22,7 @@ made-up times (tests/test_barge.py).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from services.server.echo import repeats_our_words
@@ -176,7 +176,7 @@ class BargeJudge:
             return self._barge_in()
         silent = not words.strip()
         if silent and check.relistens > 0:
-            return [CheckWords(check.onset, RELISTEN_AFTER, check.relistens - 1, check.ours, check.overturn)]
+            return [replace(check, wait=RELISTEN_AFTER, relistens=check.relistens - 1)]
         # (a larger share of ours to stay echo once re-judged took the talk-over lost from 3
         # cells of 18 to 1, but a reverberant echo at gain 0.1 then interrupted us once)
         if (silent and (check.ours == Heard.ECHO or self._quiet(level_db))) or repeats_our_words(words, said):
@@ -184,7 +184,7 @@ class BargeJudge:
                 self._rejudged_at = t
             return self._echo(check.ours, now)
         if check.overturn > 1:
-            return [CheckWords(check.onset, RELISTEN_AFTER, check.relistens, check.ours, check.overturn - 1)]
+            return [replace(check, wait=RELISTEN_AFTER, overturn=check.overturn - 1)]
         return self._barge_in()
 
     def quiet_margin(self, level_db: float | None) -> float | None:
@@ -202,12 +202,13 @@ class BargeJudge:
             if going_on and check.relistens > 0:
                 # our echo stops with the pause; the user (saying words we said: "the", "it was") goes on.
                 # Heard again on what came after the pause only, where our voice no longer is
-                return [CheckWords(self._paused_at + SETTLE, RELISTEN_AFTER, check.relistens - 1, check.ours, check.overturn, check.continuation)]
+                return [replace(check, onset=self._paused_at + SETTLE, wait=RELISTEN_AFTER, relistens=check.relistens - 1)]
             return [Do.RESUME, *self._echo(Heard.ECHO_WORDS, now)]
-        if check.continuation and not going_on:  # our echo's onset (it stopped with us), or a breath: they did not go on
+        silent = not words.strip()
+        if check.continuation and not going_on and (silent or only_backchannel(words)):
+            # our echo's onset (it stopped with us), or a breath: they did not go on
             self.heard, self.echo_heard = Heard.BACKCHANNEL, True
             return [Do.RESUME]
-        silent = not words.strip()
         if silent or only_backchannel(words):
             if not going_on:  # "mhm", a cough, a door: over already
                 self.heard = Heard.BACKCHANNEL
@@ -215,7 +216,7 @@ class BargeJudge:
             if silent and self._quiet(level_db):
                 return [Do.RESUME, *self._echo(Heard.ECHO, now)]
             if check.relistens > 0:  # it goes on: listen again with more of it
-                return [CheckWords(check.onset, RELISTEN_AFTER, check.relistens - 1, check.ours, check.overturn)]
+                return [replace(check, wait=RELISTEN_AFTER, relistens=check.relistens - 1)]
         # words not ours, or speech that goes on (Whisper drops a person's first 0.6 s as often as
         # a quiet echo): the user's
         return self._barge_in()

@@ -183,6 +183,7 @@ class Outbox:
 
     async def _write(self) -> None:
         while not self.closed:
+            self._sending = None
             await self._online.wait()
             if not self._queue:
                 self._wake.clear()

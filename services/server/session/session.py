@@ -186,7 +186,7 @@ class Session:
         if turn is not None and turn.by_words:
             async with self._input:  # new words: the speaker was not done after all
                 if self.turns.current is turn:
-                    await self.turns.resumed()
+                    await self.turns.user_went_on()
         if turn is not None and turn.open and partial.text:
             self.send(TranscriptPartial(turn_id=turn.id, text=partial.text, stable=partial.committed))
 
@@ -211,7 +211,7 @@ class Session:
             self._speculate(ev.audio[self._words_from :], speech_end)
         elif isinstance(ev, SpeechResumed):
             # the user goes on: drop the speculative answer; the turn listens on, keeping its id
-            if not await turns.resumed() and turns.early is not None:
+            if not await turns.user_went_on() and turns.early is not None:
                 if self.playout.sent_samples(turns.early.id) == 0:  # nothing played yet: cannot be our echo
                     await turns.merge_early()
                 else:  # our answer has only just begun: very likely the user going on, so it stops at once
@@ -322,6 +322,13 @@ class Session:
             await self.live.end_utterance()  # what it heard before our echo was another turn's
         self.turns.open_turn()
 
+    def _drop_talk_over(self) -> None:
+        """The client cut the reply itself (typed, Stop): speech over it no longer decides anything."""
+        if self.judge.heard != Heard.USER:
+            self.judge.utterance_ended()
+        if self._check is not None:
+            self._check.cancel()
+
     async def _check_words(self, check: CheckWords) -> None:
         """Transcribe the speech over our reply (outside the input lock) and let the judge decide."""
         await asyncio.sleep(check.wait)
@@ -338,7 +345,7 @@ class Session:
             if self._check is not asyncio.current_task():
                 return  # a newer check was started
             level = active_level(audio)
-            going_on = det.in_speech and det.silence < GOING_ON_GAP
+            going_on = det.in_speech and self._silence() < GOING_ON_GAP  # a client that stopped sending has stopped
             actions = self.judge.heard_words(check, words, self.turns.said(), level, det.time, self.clock(), going_on)
             if Do.BARGE_IN in actions:
                 log.info("speech over our reply is the user's (%s)", user_text(words or ""))
@@ -352,6 +359,7 @@ class Session:
     async def on_text(self, msg: object) -> None:
         if isinstance(msg, TranscriptIn):
             async with self._input:
+                self._drop_talk_over()
                 await self.turns.typed(msg.text)
         elif isinstance(msg, PlaybackIn):
             self.turns.ack(msg.turn_id, msg.played_ms)
@@ -360,6 +368,7 @@ class Session:
                 await self.error("unknown_tool_call", f"no tool call {msg.call_id!r} is waiting for a result (late, or never made)")
         elif isinstance(msg, InterruptIn):
             async with self._input:
+                self._drop_talk_over()
                 await self.turns.interrupt()
         elif isinstance(msg, ConfigIn):
             if msg.allowInterruptions is not None:

@@ -81,7 +81,7 @@ class Turn:
         self._recorded = False
         self.task: asyncio.Task[None] | None = None
         self.released = asyncio.Event()  # confirmed: from here the answer may act (call tools)
-        self.audio_out = bytearray()  # the reply's audio the client got (sent again from where a pause cut it)
+        self._pauses = 0  # bumped at each pause: audio queued before it is no longer the client's
         self._before_pause = TurnState.CONFIRMED
         self._fresh(time.perf_counter())
 
@@ -99,6 +99,7 @@ class Turn:
         self._listener: asyncio.Task[None] | None = None
         self.finished = False
         self._pending: list[_Out | Audio | Message] = []  # held until confirmed (or resumed)
+        self.audio = bytearray()  # the reply's audio so far, in order (sent again from where a pause cut it)
         self._ended = 0  # TTS pieces fully received
         self.outcome: Outcome | None = None  # set once the pipeline ended
 
@@ -183,17 +184,26 @@ class Turn:
     async def emit_audio(self, pcm: bytes) -> None:
         if self.confirmed:
             await self.deps.outbox.room()  # waits while the client is far behind
-        item = Audio(self.id, pcm, self._live, self._sent)
+        self.audio += pcm
+        item = self._audio_item(pcm)
         if self.confirmed:
             self.deps.outbox.put_audio(item)
         elif not self.interrupted:
             self._pending.append(item)
 
+    def _audio_item(self, pcm: bytes) -> Audio:
+        pauses = self._pauses
+
+        def sent(pcm: bytes) -> None:
+            if pauses == self._pauses:  # else it went out as we paused: the client drops it at `interrupted`
+                self._sent(pcm)
+
+        return Audio(self.id, pcm, self._live, sent)
+
     def _sent(self, pcm: bytes) -> None:
         if self.state == TurnState.CONFIRMED:
             self.advance(TurnState.SPEAKING)
         self.mark("first_audio_sent")
-        self.audio_out += pcm
         self.deps.on_audio_sent(self.id, pcm)
 
     def confirm(self) -> None:
@@ -226,6 +236,7 @@ class Turn:
             return False
         self._before_pause = self.state
         self.advance(TurnState.PAUSED)
+        self._pauses += 1
         self._pending = [*self.deps.outbox.take(self.id), *self._pending]
         return True
 
@@ -235,10 +246,16 @@ class Turn:
         if self.state != TurnState.PAUSED:
             return
         self.advance(self._before_pause)
-        again, self.audio_out = bytes(self.audio_out[played_samples * F32 :]), self.audio_out[: played_samples * F32]
+        # the audio from there is sent again in full (what was held, taken back or in flight at the
+        # pause included): the held chunks themselves are not; the rest of what was held follows
+        again = bytes(self.audio[played_samples * F32 :])
         for k in range(0, len(again), RESEND_CHUNK):
-            self.deps.outbox.put_audio(Audio(self.id, again[k : k + RESEND_CHUNK], self._live, self._sent))
+            self.deps.outbox.put_audio(self._audio_item(again[k : k + RESEND_CHUNK]))
+        self._pending = [i for i in self._pending if not isinstance(i, Audio)]
+        ended = any(isinstance(i.msg if isinstance(i, Message) else i, TtsStreamEnd) for i in self._pending)
         self._release()
+        if self.finished and not ended:  # its end went out before the pause; the client cleared it with the audio
+            self.deps.outbox.put(TtsStreamEnd(turn_id=self.id), self._live, self.id)
         if self.finished and self.state in (TurnState.CONFIRMED, TurnState.SPEAKING):
             self._complete()  # the pipeline ended while paused
 

@@ -28,7 +28,7 @@ from services.server.session.playout import Playout
 from services.server.session.turn import Outcome, Prompt, Transcriber, Turn, TurnDeps, TurnState
 from shared.audio import OUT_RATE
 from shared.config import ServerSettings
-from shared.metrics import INTERRUPTIONS, RESUMES
+from shared.metrics import INTERRUPTIONS, PAUSES, RESUMES
 from shared.protocol import Interrupted, Metrics, Resumed
 
 log = logging.getLogger("server.session")
@@ -92,7 +92,7 @@ class TurnTaker:
         if turn is not None and turn.state == TurnState.LISTENING:
             turn.speculate(speech_end, transcribe, self.prompt(), sounds if self.cfg.end_of_turn_policy != "text" else None, by_words)
 
-    async def resumed(self) -> bool:
+    async def user_went_on(self) -> bool:
         """The user goes on after a pause: a speculating turn listens again (True), keeping its id."""
         if self.current is not None and self.current.state == TurnState.SPECULATING:
             await self.current.listen_again()
@@ -182,9 +182,10 @@ class TurnTaker:
     def pause(self) -> None:
         """Speech over our reply that may be the user's: the client stops playing it now; the
         words then decide whether it is cut (`interrupt`) or goes on (`resume`)."""
-        turn = self.active or (self.last if self.playout.playing() else None)
+        turn = self._speaking_turn()
         if self.paused is not None or turn is None or not turn.pause():
             return
+        PAUSES.inc()
         self.paused, self._paused_ms = turn, self.playout.stop(turn.id, echo_tail=True)
         self.deps.outbox.put(Interrupted(turn_id=turn.id, played_ms=round(self._paused_ms, 1)))
         log.info("turn %d paused after %.0f ms of audio: speech over it", turn.id, self._paused_ms)
@@ -209,7 +210,7 @@ class TurnTaker:
         `merged`: the user had not finished after all; their turn continues and will be
         answered as a whole, so the cut reply is forgotten."""
         paused, self.paused = self.paused, None
-        turn = paused or self.active or (self.last if self.playout.playing() else None)
+        turn = paused or self._speaking_turn()
         if turn is None or turn.interrupted:
             return
         turn.end(TurnState.MERGED if merged else TurnState.INTERRUPTED)  # from here on it sends nothing more
@@ -234,6 +235,10 @@ class TurnTaker:
             self.active = None
         self.last = turn
         log.info("turn %d interrupted after %.0f ms of audio", turn.id, played_ms)
+
+    def _speaking_turn(self) -> Turn | None:
+        """The reply being produced, or the one the client is still playing."""
+        return self.active or (self.last if self.playout.playing() else None)
 
     async def merge_early(self) -> None:
         """The user had not finished after all: forget the early answer; their turn goes on,

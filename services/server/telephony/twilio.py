@@ -42,7 +42,7 @@ from services.server.telephony.messages import (
     parse_mark,
     parse_message,
 )
-from shared.protocol import Interrupted, PlaybackIn, TtsStreamEnd, _Out, first_error
+from shared.protocol import Interrupted, PlaybackIn, Resumed, TtsStreamEnd, _Out, first_error
 
 log = logging.getLogger("server.telephony")
 
@@ -89,6 +89,8 @@ class TwilioChannel:
             return
         if isinstance(msg, Interrupted):
             await self._clear()
+        elif isinstance(msg, Resumed):  # the audio from `from_ms` comes again: what Twilio plays counts from there
+            self._sent_ms[msg.turn_id] = int(msg.from_ms)
         elif isinstance(msg, TtsStreamEnd):
             if msg.turn_id == self._turn:  # the reply's last partial frame, padded
                 await self._send_frames(msg.turn_id, self._encoder.flush())
