@@ -56,7 +56,11 @@ def test_speech_over_the_reply_pauses_it_within_300_ms_and_the_users_words_cut_i
     j, check = held()
     assert j.heard_words(check, None, SAID, -22.0, 10.6, 10.6) == [Do.BARGE_IN]  # STT failed: the user's, as without a check
     j, check = held()
-    assert j.heard_words(check, "Stop.", SAID, -22.0, 10.6, 10.6, going_on=False) == [Do.BARGE_IN]  # one word of theirs is enough
+    assert j.heard_words(check, "Stop.", SAID, -22.0, 10.6, 10.6, going_on=False) == [Do.BARGE_IN]  # "stop" is enough
+    j, check = held()  # another lone word that has stopped: a backchannel Whisper misheard ("yeah" as "year")
+    assert j.heard_words(check, "Year.", SAID, -22.0, 10.6, 10.6, going_on=False) == [Do.RESUME]
+    j, check = held()
+    assert j.heard_words(check, "Tomorrow then.", SAID, -22.0, 10.6, 10.6, going_on=False) == [Do.BARGE_IN]
 
 
 def test_with_no_echo_possible_it_pauses_without_asking_the_contour():

@@ -47,9 +47,21 @@ BACKCHANNELS = frozenset({"mhm", "mm", "mmm", "hmm", "hm", "mmhmm", "uh", "huh",
                           "yeah", "yes", "yep", "yup", "ok", "okay", "right", "sure", "alright", "i", "see"})
 
 
+# one word over our reply that does take the turn (any other lone word that has stopped is a
+# backchannel: Whisper hears a clipped "yeah" as "year", "here", "ear")
+TAKES_TURN = frozenset({"stop", "wait", "no", "nope", "hold", "hey", "sorry", "pardon", "what", "excuse", "actually", "but"})
+
+
 def only_backchannel(words: str) -> bool:
     said = normalise(words)
     return bool(said) and len(said) <= 3 and all(w in BACKCHANNELS for w in said)
+
+
+def minor(words: str, going_on: bool) -> bool:
+    """Heard over our reply, this does not take the turn: no words, a backchannel, or one word
+    (not "stop", "wait" ...) that has already stopped."""
+    said = normalise(words)
+    return not said or only_backchannel(words) or (not going_on and len(said) == 1 and said[0] not in TAKES_TURN)
 
 
 class Heard(StrEnum):
@@ -205,11 +217,11 @@ class BargeJudge:
                 return [replace(check, onset=self._paused_at + SETTLE, wait=RELISTEN_AFTER, relistens=check.relistens - 1)]
             return [Do.RESUME, *self._echo(Heard.ECHO_WORDS, now)]
         silent = not words.strip()
-        if check.continuation and not going_on and (silent or only_backchannel(words)):
+        if check.continuation and not going_on and minor(words, going_on):
             # our echo's onset (it stopped with us), or a breath: they did not go on
             self.heard, self.echo_heard = Heard.BACKCHANNEL, True
             return [Do.RESUME]
-        if silent or only_backchannel(words):
+        if minor(words, going_on):
             if not going_on:  # "mhm", a cough, a door: over already
                 self.heard = Heard.BACKCHANNEL
                 return [Do.RESUME]

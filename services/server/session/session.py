@@ -56,6 +56,7 @@ TICK = 0.05  # how often time-based decisions are made when no audio arrives
 # heard it: a quick reply to a short answer must not be merged into the sentence before it).
 GOES_ON_WITHIN = 1.5
 STALL_SLACK = 0.1  # audio frames arrive every ~20 ms; a gap longer than this counts as silence
+CHECK_PREROLL = 0.1  # s before the onset a words check also hears (the detector's onset clips the first phoneme)
 GOING_ON_GAP = 0.2  # s: speech over our reply that has been silent this long has stopped (gaps between words are shorter)
 
 
@@ -334,7 +335,7 @@ class Session:
         await asyncio.sleep(check.wait)
         det = self.detector
         async with self._input:  # not while a frame is being pushed
-            audio = det.utterance_since(det.sample_at(check.onset))
+            audio = det.utterance_since(det.sample_at(check.onset - CHECK_PREROLL))
         words: str | None
         try:
             words = await self.ups.stt.transcribe(audio)
