@@ -115,7 +115,7 @@ def test_the_user_going_on_just_after_an_early_answer_pauses_it_at_once():
     pause, check = j.over_reply(10.0, at_once=True)
     assert pause == Do.PAUSE and check == CheckWords(10.0, 0.6, relistens=1, continuation=True) and j.heard == Heard.HELD
     # speech that stopped at once was our echo's first syllable or a breath, whatever Whisper made of it
-    assert j.heard_words(check, "Oh,", SAID, -22.0, 10.6, 10.6, going_on=False) == [Do.RESUME]
+    assert j.heard_words(check, "But more.", SAID, -22.0, 10.6, 10.6, going_on=False) == [Do.RESUME]
     assert j.echo_heard  # speech that stopped with the pause: most likely our echo's onset
     j.echo_heard = False
     j.over_reply(10.0, at_once=True)

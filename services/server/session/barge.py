@@ -217,8 +217,8 @@ class BargeJudge:
                 return [replace(check, onset=self._paused_at + SETTLE, wait=RELISTEN_AFTER, relistens=check.relistens - 1)]
             return [Do.RESUME, *self._echo(Heard.ECHO_WORDS, now)]
         silent = not words.strip()
-        if check.continuation and not going_on and minor(words, going_on):
-            # our echo's onset (it stopped with us), or a breath: they did not go on
+        if check.continuation and not going_on:
+            # our echo's onset (it stopped with us; Whisper may make words of it), or a breath: they did not go on
             self.heard, self.echo_heard = Heard.BACKCHANNEL, True
             return [Do.RESUME]
         if minor(words, going_on):
