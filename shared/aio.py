@@ -1,15 +1,18 @@
-"""Async helpers: run a blocking generator in a worker thread without blocking the loop."""
+"""Async helpers: run a blocking generator in a worker thread without blocking the loop;
+stop a task without hanging on it."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 _DONE = object()
+log = logging.getLogger("shared.aio")
 
 
 async def iterate_in_thread(
@@ -79,3 +82,26 @@ async def iterate_in_thread(
         while not queue.empty():
             queue.get_nowait()
         await asyncio.shield(worker)
+
+
+async def cancel_and_wait(task: asyncio.Task[Any], what: str, *, resend: float = 0.25, give_up: float = 3.0) -> bool:
+    """Cancel `task` and wait until it has ended; True if it did. A cancel can be lost (a
+    library's cleanup absorbs it, or Python 3.11's wait_for when the call it wraps ends at the
+    same moment) and the task then runs on, so the cancel is sent again every `resend` s. After
+    `give_up` s the caller goes on without it (logged): an input path must never hang on one."""
+    if task is asyncio.current_task():
+        return False
+    waited, sent = 0.0, 0
+    while not task.done() and waited < give_up:
+        task.cancel()
+        sent += 1
+        await asyncio.wait({task}, timeout=resend)
+        waited += resend
+    if not task.done():
+        log.error("%s did not stop within %.1f s of %d cancels; going on without it", what, give_up, sent)
+        return False
+    if sent > 1:
+        log.warning("%s ignored a cancel; it stopped after %d", what, sent)
+    if not task.cancelled() and (exc := task.exception()) is not None and not isinstance(exc, asyncio.CancelledError):
+        log.debug("%s ended with %r as it was cancelled", what, exc)
+    return True

@@ -12,6 +12,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -56,6 +57,19 @@ class SessionResult:
     def audio_seconds(self, turn_id: int | None = None) -> float:
         ids = [turn_id] if turn_id is not None else list(self.audio)
         return sum(len(c) for i in ids for c in self.audio.get(i, [])) / 24000
+
+    @property
+    def session_id(self) -> str | None:
+        ready = self.of("call_ready")
+        return ready[0].get("session_id") if ready else None
+
+    def story(self, log: Path | None = None, lines: int = 40) -> str:
+        """For a failure message: the message types in order, and the session's last lines of `log`."""
+        out = "events: " + " ".join(e.type for e in self.events)
+        if log is not None and self.session_id and log.exists():
+            mine = [ln for ln in log.read_text(errors="replace").splitlines() if self.session_id in ln]
+            out += f"\nlog of session {self.session_id}:\n" + "\n".join(mine[-lines:])
+        return out
 
     @property
     def latency(self) -> float | None:

@@ -1,12 +1,13 @@
 """Blocking producers in worker threads: bounded, ordered, and stoppable."""
 
 import asyncio
+import contextlib
 import threading
 import time
 
 import pytest
 
-from shared.aio import iterate_in_thread
+from shared.aio import cancel_and_wait, iterate_in_thread
 
 
 async def test_items_arrive_in_order_and_errors_propagate():
@@ -59,3 +60,40 @@ async def test_a_stop_event_reaches_a_producer_still_waiting():
     lock.release()
     await asyncio.sleep(0.05)
     assert started == [] and stop.is_set()
+
+
+async def test_a_task_that_swallows_a_cancel_is_cancelled_again_until_it_stops():
+    seen = []
+
+    async def stubborn() -> None:
+        for _ in range(2):  # like a cleanup that absorbs the cancel and goes on
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                seen.append("cancel")
+        await asyncio.sleep(10)
+
+    task = asyncio.create_task(stubborn())
+    await asyncio.sleep(0)
+    t0 = time.monotonic()
+    assert await cancel_and_wait(task, "stubborn", resend=0.05)
+    assert task.cancelled() and seen == ["cancel", "cancel"] and time.monotonic() - t0 < 1.0
+
+
+async def test_a_task_that_never_stops_is_left_behind_in_bounded_time():
+    deaf_to_cancels = True
+
+    async def deaf() -> None:
+        while deaf_to_cancels:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(10)
+
+    task = asyncio.create_task(deaf())
+    await asyncio.sleep(0)
+    t0 = time.monotonic()
+    assert not await cancel_and_wait(task, "deaf", resend=0.05, give_up=0.3)
+    assert 0.3 <= time.monotonic() - t0 < 1.0 and not task.done()
+    deaf_to_cancels = False
+    task.cancel()
+    await asyncio.wait({task}, timeout=1.0)
+    assert task.done()

@@ -23,6 +23,7 @@ from typing import Any
 from services.server.session.channel import Audio, Message, Outbox
 from services.server.session.turn_state import _ENDED, _NEXT, Outcome, TurnState
 from services.server.tools import FALLBACK, MAX_ROUNDS, ToolFailed, ToolRunner
+from shared.aio import cancel_and_wait
 from shared.clients import ChatClient, Speech, SpeechAudio, UpstreamError
 from shared.logs import TURN_LOG, user_text
 from shared.metrics import SESSION_ERRORS, TURN_STAGE, TURNS
@@ -157,10 +158,8 @@ class Turn:
         if self._listener is not None:
             self._listener.cancel()
         task, self.task = self.task, None
-        if task is not None and not task.done() and task is not asyncio.current_task():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if task is not None:
+            await cancel_and_wait(task, f"turn {self.id}'s work")
 
     def end(self, state: TurnState) -> None:
         """INTERRUPTED, MERGED or DROPPED (idempotent: a turn ends once)."""
@@ -366,10 +365,8 @@ class Turn:
             if player is not None and self._ended < len(self.pieces):
                 await player  # raises UpstreamError when the speech cannot go on
         finally:
-            if player is not None and not player.done():
-                player.cancel()
-                with contextlib.suppress(asyncio.CancelledError, UpstreamError):
-                    await player
+            if player is not None:
+                await cancel_and_wait(player, f"turn {self.id}'s speech player")
 
     async def _chat(self, messages: Prompt, speech: Speech | None, chunker: TextChunker, offer: dict[str, Any],
                     on_end_of_turn: Callable[[float], None] | None) -> list[ToolCall]:
