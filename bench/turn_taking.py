@@ -57,17 +57,10 @@ BARGE_AFTER = (0.0, 3.0)
 
 def false_sounds(tts: str) -> dict[str, np.ndarray]:
     """Sounds over our reply that must not take the turn: "Yeah." in our own TTS voice, and a cough-like burst."""
-    import io
-
-    import httpx
-    import soundfile as sf
-
-    from shared.audio import resample
-    from testing.audio import cough
+    from testing.audio import cough, synthesized
     from tests.conftest import at_level
 
-    audio, rate = sf.read(io.BytesIO(httpx.post(f"{tts}/tts", json={"text": "Yeah."}, timeout=30).content), dtype="float32")
-    return {"yeah": at_level((resample(audio, rate, 16000) * 32767).astype(np.int16), -20.0), "cough": cough()}
+    return {"yeah": at_level(synthesized(tts, "Yeah."), -20.0), "cough": cough()}
 
 
 def voiced_frames(pcm: np.ndarray, floor_db: float = 35.0) -> np.ndarray:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
+import io
 
-from shared.audio import STT_RATE
+import httpx
+import numpy as np
+import soundfile as sf
+
+from shared.audio import STT_RATE, resample
 
 
 def room_impulse_response(rt60: float, rate: int = STT_RATE, drr_db: float = 0.0, seed: int = 0) -> np.ndarray:
@@ -27,3 +31,11 @@ def cough(seconds: float = 0.4, seed: int = 3) -> np.ndarray:
     reply that is not words. int16, 16 kHz."""
     n = int(seconds * STT_RATE)
     return (np.hanning(n) * np.random.default_rng(seed).standard_normal(n) * 0.25 * 32767).astype(np.int16)
+
+
+def synthesized(tts_url: str, text: str) -> np.ndarray:
+    """`text` in our own TTS voice, as a microphone would give it: 16 kHz int16 (blocking)."""
+    r = httpx.post(f"{tts_url}/tts", json={"text": text}, timeout=30)
+    r.raise_for_status()
+    audio, rate = sf.read(io.BytesIO(r.content), dtype="float32")
+    return (resample(audio, rate, STT_RATE) * 32767).astype(np.int16)

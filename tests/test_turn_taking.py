@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import time
 import uuid
 
-import httpx
 import numpy as np
 import pytest
-import soundfile as sf
 import websockets
 
-from shared.audio import resample
 from shared.wer import normalise, wer
-from testing.audio import cough
+from testing.audio import cough, synthesized
 from testing.session_client import stream_pcm
 from tests.conftest import SPOKEN, at_level, babble, trimmed, with_pause
 
@@ -148,10 +144,7 @@ async def test_a_one_second_reply_can_be_interrupted(system, corpus):
 
 
 async def _backchannel(tts: str, text: str) -> np.ndarray:
-    async with httpx.AsyncClient(timeout=30) as http:
-        r = await http.post(f"{tts}/tts", json={"text": text})
-    audio, rate = sf.read(io.BytesIO(r.content), dtype="float32")
-    return at_level((resample(audio, rate, 16000) * 32767).astype(np.int16), -20.0)
+    return at_level(await asyncio.to_thread(synthesized, tts, text), -20.0)
 
 
 async def test_a_backchannel_or_a_cough_over_the_reply_pauses_it_and_it_goes_on(system, corpus):
@@ -227,10 +220,7 @@ async def test_a_talk_over_our_echo_becomes_its_own_turn(system, corpus):
 
 
 async def test_a_short_yes_is_answered(system):
-    async with httpx.AsyncClient(timeout=30) as http:
-        r = await http.post(f"{system.tts}/tts", json={"text": "Yes."})
-    audio, rate = sf.read(io.BytesIO(r.content), dtype="float32")
-    yes = (resample(audio, rate, 16000) * 32767 * 0.5).astype(np.int16)
+    yes = (await asyncio.to_thread(synthesized, system.tts, "Yes.") // 2).astype(np.int16)
     assert len(yes) < 16000  # well under a second of speech
     res = await stream_pcm(system.ws, yes)
     assert [normalise(t) for t in res.transcripts] == [["yes"]]

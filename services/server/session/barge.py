@@ -53,7 +53,10 @@ TAKES_TURN = frozenset({"stop", "wait", "no", "nope", "hold", "hey", "sorry", "p
 
 
 def only_backchannel(words: str) -> bool:
-    said = normalise(words)
+    return _backchannel(normalise(words))
+
+
+def _backchannel(said: list[str]) -> bool:
     return bool(said) and len(said) <= 3 and all(w in BACKCHANNELS for w in said)
 
 
@@ -61,7 +64,7 @@ def minor(words: str, going_on: bool) -> bool:
     """Heard over our reply, this does not take the turn: no words, a backchannel, or one word
     (not "stop", "wait" ...) that has already stopped."""
     said = normalise(words)
-    return not said or only_backchannel(words) or (not going_on and len(said) == 1 and said[0] not in TAKES_TURN)
+    return not said or _backchannel(said) or (not going_on and len(said) == 1 and said[0] not in TAKES_TURN)
 
 
 class Heard(StrEnum):
