@@ -4,6 +4,7 @@ held, what is released, what an interruption keeps. No models, no sockets."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 import pytest
@@ -85,6 +86,32 @@ async def test_the_user_going_on_drops_the_held_answer_and_the_turn_keeps_its_id
     assert [m.text for m in rig.channel.of(TranscriptOut)] == ["I would like to book a table."]
     assert rig.channel.of(TranscriptOut)[0].turn_id == turn.id
     assert rig.chat.prompts[-1][-1]["content"] == "I would like to book a table."
+
+
+async def test_the_user_going_on_is_not_held_by_work_that_ignores_a_cancel():
+    """A lost cancel (a library's cleanup absorbs it) must not hold the session's input path,
+    which awaits the speculation's end: it is cancelled again, and the turn listens on."""
+    rig = Rig()
+    turn = rig.tt.open_turn()
+    lost = []
+
+    async def transcribe() -> str:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            lost.append("cancel")  # absorbed: the work goes on waiting
+        await asyncio.sleep(30)
+        return "never"
+
+    rig.tt.speculate(rig.clock(), transcribe, None)
+    await asyncio.sleep(0)
+    t0 = time.monotonic()
+    assert await asyncio.wait_for(rig.tt.user_went_on(), 5.0)
+    assert time.monotonic() - t0 < 1.5 and lost == ["cancel"] and turn.state == TurnState.LISTENING
+    rig.speculate("I would like to book a table.")
+    await rig.tt.promote(turn)
+    await rig.settle()
+    assert [m.text for m in rig.channel.of(TranscriptOut)] == ["I would like to book a table."]
 
 
 async def test_an_interruption_keeps_in_memory_only_what_was_heard():
