@@ -102,6 +102,6 @@ async def cancel_and_wait(task: asyncio.Task[Any], what: str, *, resend: float =
         return False
     if sent > 1:
         log.warning("%s ignored a cancel; it stopped after %d", what, sent)
-    if not task.cancelled() and (exc := task.exception()) is not None and not isinstance(exc, asyncio.CancelledError):
+    if not task.cancelled() and (exc := task.exception()) is not None:  # retrieved: not "never retrieved" at exit
         log.debug("%s ended with %r as it was cancelled", what, exc)
     return True

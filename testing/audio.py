@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import io
-
 import httpx
 import numpy as np
-import soundfile as sf
 
-from shared.audio import STT_RATE, resample
+from shared.audio import STT_RATE, decode_audio, float_to_pcm16
 
 
 def room_impulse_response(rt60: float, rate: int = STT_RATE, drr_db: float = 0.0, seed: int = 0) -> np.ndarray:
@@ -37,5 +34,4 @@ def synthesized(tts_url: str, text: str) -> np.ndarray:
     """`text` in our own TTS voice, as a microphone would give it: 16 kHz int16 (blocking)."""
     r = httpx.post(f"{tts_url}/tts", json={"text": text}, timeout=30)
     r.raise_for_status()
-    audio, rate = sf.read(io.BytesIO(r.content), dtype="float32")
-    return (resample(audio, rate, STT_RATE) * 32767).astype(np.int16)
+    return float_to_pcm16(decode_audio(r.content, STT_RATE))
