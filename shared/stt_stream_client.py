@@ -14,7 +14,6 @@ message, audio over its limit) do not end the stream and are kept in `last_error
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import AsyncIterator
 from types import TracebackType
@@ -22,6 +21,7 @@ from types import TracebackType
 import numpy as np
 import websockets
 
+from shared.aio import cancel_and_wait
 from shared.audio import as_pcm16
 from shared.clients import UpstreamError
 from shared.protocol import SttFinal, SttPartial
@@ -63,9 +63,7 @@ class SttStreamClient:
 
     async def close(self) -> None:
         if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+            await cancel_and_wait(self._reader, "the STT stream reader")
         if self._ws is not None:
             await self._ws.close()
 

@@ -27,6 +27,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from services.stt.engines.faster_whisper import FasterWhisperEngine, WindowDecode
 from services.stt.metrics import ACTIVE_STREAMS, PASS_REALTIME_FACTOR
 from services.stt.scheduler import Scheduler
+from shared.aio import cancel_and_wait
 from shared.audio import STT_RATE
 from shared.protocol import SttConfig, SttError, SttFinal, SttFlush, SttPartial, stt_client_message
 
@@ -273,11 +274,9 @@ class StreamConnection:
 
     async def _stop_pump(self) -> None:
         if self._pump is not None:
-            self._pump.cancel()  # a queued pass is skipped; a running one finishes and is ignored
-            try:
-                await self._pump
-            except asyncio.CancelledError:
-                pass
+            # a queued pass is skipped; a running one finishes and is ignored. Not awaited
+            # bare: that would swallow a cancel of our caller, and a lost cancel would hang it.
+            await cancel_and_wait(self._pump, "the streaming pass pump")
             self._pump = None
 
     async def _passes(self) -> None:
