@@ -134,3 +134,15 @@ class FakeClock:
 
     def advance(self, dt: float) -> None:
         self.t += dt
+
+
+async def eventually(cond: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Poll `cond` until it holds or `timeout` s passed: a test waits for what it checks,
+    not for a sleep that a loaded machine may outrun."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not cond():
+        if loop.time() >= end:
+            return False
+        await asyncio.sleep(0.01)
+    return True

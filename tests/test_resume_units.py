@@ -12,6 +12,7 @@ from starlette.websockets import WebSocketDisconnect
 from services.server.session.channel import Audio, Outbox, WebSocketChannel
 from services.server.session.resume import Parking, ReplayLog, ResumeRefused
 from shared.protocol import ResponseText
+from testing.fakes import eventually
 
 
 class FakeSocket:
@@ -88,8 +89,8 @@ async def test_without_resume_a_drop_ends_the_output():
     outbox = Outbox(channel, lambda: None)
     outbox.start()
     outbox.put(ResponseText(turn_id=1, text="x"))
-    await asyncio.sleep(0.05)
-    assert outbox.closed and not outbox._queue
+    assert await eventually(lambda: outbox.closed)
+    assert not outbox._queue
 
 
 class StubSession:
@@ -122,7 +123,7 @@ async def test_after_the_window_the_session_ends_and_its_token_is_refused_with_a
     token = parking.issue(s, "anonymous")  # type: ignore[arg-type]
     parking.park(token)
     assert parking.parked() == [s]
-    await asyncio.sleep(0.4)
+    assert await eventually(lambda: bool(ended))
     assert ended == [s] and parking.parked() == []
     with pytest.raises(ResumeRefused, match="resume window"):
         parking.claim(token, "abc", "anonymous")

@@ -13,6 +13,7 @@ import pytest
 from services.server.telephony.screening import QUIET_S, Answerer, CallScreen, Screening, VoicemailPolicy, classify
 from services.server.telephony.twilio import TwilioChannel
 from shared.protocol import SpeechEnd, SpeechStart, TranscriptOut, TranscriptPartial
+from testing.fakes import eventually
 from tests.test_telephony_units import SID, FakeSocket, f32, tone
 
 GREETINGS = [
@@ -111,6 +112,6 @@ async def test_a_machine_with_the_hangup_policy_is_hung_up_on_at_once() -> None:
     await asyncio.sleep(0.05)
     assert not hung_up and not channel.muted
     await channel.send(TranscriptOut(turn_id=2, text="Sorry, I can't take your call right now."))
-    await asyncio.sleep(0.05)
+    assert await eventually(lambda: bool(hung_up))
     assert hung_up == ["answering machine"] and ws.events("media") == []
     await screening.close()
