@@ -22,7 +22,7 @@ from services.server.tools import FALLBACK, FILLER, ToolRegistry, ToolRunner, re
 from shared.clients import ChatClient
 from shared.config import ChatSettings, ServerSettings
 from shared.protocol import FunctionSpec, Tool, ToolCallOut, ToolResultIn, TtsStreamEnd
-from testing.fakes import FakeSpeeches, RecordingChannel
+from testing.fakes import FakeSpeeches, RecordingChannel, eventually
 
 LOCATION = Tool(function=FunctionSpec(name="get_user_location", description="Where the user is (asked of their device)"))
 
@@ -167,6 +167,35 @@ async def test_a_speculative_answer_does_not_act_until_confirmed(monkeypatch):
         while not rig.channel.of(ToolCallOut):
             await asyncio.sleep(0.01)
     await rig.tt.close()  # the call is never answered: the turn ends here
+
+
+@pytest.mark.parametrize("cut", [False, True], ids=["resumed", "cut"])
+async def test_a_paused_answer_does_not_act_until_it_goes_on_and_a_cut_one_never_does(monkeypatch, cut):
+    """Speech over the reply pauses it; that speech may be "no, wait": the tool call waits for
+    the words to decide. Resumed, it goes out; cut, it never does."""
+    up = FakeOpenAI(arguments="{}")
+    rig = Rig(monkeypatch, [LOCATION], up)
+    turn = rig.tt.open_turn()
+
+    async def transcribe() -> str:
+        return "Where am I?"
+
+    rig.tt.speculate(0.0, transcribe, None)
+    assert await eventually(lambda: len(up.bodies) == 1)  # the model asked for the tool; the call waits
+    await asyncio.sleep(0.1)
+    await rig.tt.promote(turn)
+    rig.tt.pause()  # speech over it, before the call could go out
+    assert rig.tt.paused is turn
+    await asyncio.sleep(0.3)
+    assert not rig.channel.of(ToolCallOut)
+    if cut:
+        await rig.tt.interrupt()
+        await asyncio.sleep(0.3)
+        assert not rig.channel.of(ToolCallOut) and len(up.bodies) == 1
+    else:
+        rig.tt.resume()
+        assert await eventually(lambda: bool(rig.channel.of(ToolCallOut)))
+    await rig.tt.close()
 
 
 async def test_the_chat_service_streams_and_returns_tool_calls_in_openai_format(monkeypatch):

@@ -81,7 +81,9 @@ class Turn:
         self.by_words = False  # speculating because the words stopped, not the sound (a noisy room)
         self._recorded = False
         self.task: asyncio.Task[None] | None = None
-        self.released = asyncio.Event()  # confirmed: from here the answer may act (call tools)
+        # confirmed and not paused: the answer may act (call tools). A held (speculative) answer
+        # must not, the user may go on; nor a paused one, the speech over it may be "no, wait".
+        self.released = asyncio.Event()
         self._pauses = 0  # bumped at each pause: audio queued before it is no longer the client's
         self._before_pause = TurnState.CONFIRMED
         self._fresh(time.perf_counter())
@@ -235,6 +237,7 @@ class Turn:
             return False
         self._before_pause = self.state
         self.advance(TurnState.PAUSED)
+        self.released.clear()
         self._pauses += 1
         self._pending = [*self.deps.outbox.take(self.id), *self._pending]
         return True
@@ -245,6 +248,7 @@ class Turn:
         if self.state != TurnState.PAUSED:
             return
         self.advance(self._before_pause)
+        self.released.set()
         # the audio from there is sent again in full (what was held, taken back or in flight at the
         # pause included): the held chunks themselves are not; the rest of what was held follows
         again = bytes(self.audio[played_samples * F32 :])
@@ -345,7 +349,7 @@ class Turn:
                 if not calls or tools is None:
                     break
                 await self._flush(speech, chunker)  # what it said before the call is heard first
-                await self.released.wait()  # a held (speculative) answer must not act: the user may go on
+                await self._may_act()
                 self.mark("tool_call")
 
                 async def filler(text: str) -> None:
@@ -367,6 +371,14 @@ class Turn:
         finally:
             if player is not None:
                 await cancel_and_wait(player, f"turn {self.id}'s speech player")
+
+    async def _may_act(self) -> None:
+        """Wait until the answer is released and not paused (woken by a release that a pause
+        took back before this task ran: wait again)."""
+        while True:
+            await self.released.wait()
+            if self.released.is_set():
+                return
 
     async def _chat(self, messages: Prompt, speech: Speech | None, chunker: TextChunker, offer: dict[str, Any],
                     on_end_of_turn: Callable[[float], None] | None) -> list[ToolCall]:
