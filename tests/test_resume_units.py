@@ -71,7 +71,7 @@ async def test_output_waits_through_a_drop_and_the_client_gets_exactly_what_it_m
     # the client got only the first 2 of the 3 frames the server sent before the drop
     second = FakeSocket()
     missing = await channel.rebind(second, ResponseText(turn_id=0, text="ready"), received=2)  # type: ignore[arg-type]
-    outbox.resume()
+    outbox.go_online()
     for _ in range(100):
         if not outbox._queue:
             break

@@ -174,11 +174,11 @@ class Outbox:
                 while self._queue and not self.closed and self._online.is_set():
                     await asyncio.sleep(0.01)
 
-    def pause(self) -> None:
-        """The connection is down: output waits in the queue."""
+    def go_offline(self) -> None:
+        """The connection is down: output waits in the queue (not a turn's pause: that is the turn-taker's)."""
         self._online.clear()
 
-    def resume(self) -> None:
+    def go_online(self) -> None:
         self._online.set()
 
     async def _write(self) -> None:
@@ -227,7 +227,7 @@ class Outbox:
 
     def _dropped(self) -> None:
         if self.hold_on_drop:
-            self.pause()
+            self.go_offline()
             self._on_gone()
         else:
             self._gone()

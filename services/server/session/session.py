@@ -111,13 +111,13 @@ class Session:
     def detach(self) -> None:
         """The connection dropped: output waits, and silence is not counted (no audio can come)."""
         self.detached = True
-        self.outbox.pause()
+        self.outbox.go_offline()
 
     def attach(self) -> None:
         """The client is back (its missed frames were sent again): output and the clock go on."""
         self.detached = False
         self._last_audio = self.clock()
-        self.outbox.resume()
+        self.outbox.go_online()
 
     async def _tick(self) -> None:
         """Decisions that must not wait for the next audio frame: a client may stop sending."""
