@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from shared.clients import SpeechAudio, SpeechEnd, SpeechEvent
+from shared.clients import SpeechAudio, SpeechEnd, SpeechEvent, UpstreamError
 from shared.protocol import _Out
 
 
@@ -35,11 +35,13 @@ class FakeChat:
 
 class FakeSpeech:
     """Each piece said becomes `samples_per_piece` samples of 24 kHz float32 audio, in `chunks` chunks.
-    `counting`: each sample's value is its index in the whole speech (where a resend starts shows)."""
+    `counting`: each sample's value is its index in the whole speech (where a resend starts shows).
+    `breaks_after`: the stream breaks (the TTS service died) once this many pieces were spoken."""
 
-    def __init__(self, samples_per_piece: int = 4800, chunks: int = 2, counting: bool = False) -> None:
-        self.samples, self.chunks, self.counting = samples_per_piece, chunks, counting
-        self._n = 0
+    def __init__(self, samples_per_piece: int = 4800, chunks: int = 2, counting: bool = False,
+                 breaks_after: int | None = None) -> None:
+        self.samples, self.chunks, self.counting, self.breaks_after = samples_per_piece, chunks, counting, breaks_after
+        self._n = self._spoken = 0
         self.said: list[str] = []
         self.closed = False
         self._queue: asyncio.Queue[int] = asyncio.Queue()
@@ -51,6 +53,8 @@ class FakeSpeech:
 
     async def events(self) -> AsyncIterator[SpeechEvent]:
         while not self.closed:
+            if self.breaks_after is not None and self._spoken >= self.breaks_after:
+                raise UpstreamError("tts", "speech was interrupted", True, "connection lost")
             piece = await self._queue.get()
             for _ in range(self.chunks):
                 await asyncio.sleep(0)
@@ -62,6 +66,7 @@ class FakeSpeech:
                     pcm = b"\x00\x00\x80\x3e" * n  # 0.25 in float32 LE
                 yield SpeechAudio(piece, pcm)
             yield SpeechEnd(piece)
+            self._spoken += 1
 
     async def close(self) -> None:
         self.closed = True

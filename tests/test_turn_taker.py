@@ -16,7 +16,7 @@ from services.server.session.turn import Outcome, Turn, TurnDeps, TurnState
 from services.server.session.turn_taker import TurnTaker
 from shared.config import ServerSettings
 from shared.protocol import Interrupted, Metrics, ResponseText, Resumed, TranscriptOut, TtsStreamEnd
-from testing.fakes import FakeChat, FakeClock, FakeSpeeches, RecordingChannel
+from testing.fakes import FakeChat, FakeClock, FakeSpeeches, RecordingChannel, eventually
 
 CFG = ServerSettings(streaming_stt=False, end_of_turn_policy="text")
 
@@ -133,6 +133,22 @@ async def test_an_interruption_keeps_in_memory_only_what_was_heard():
     assert not rig.playout.playing()
 
 
+async def test_speech_that_breaks_ends_the_turn_at_once_not_after_the_chat():
+    """The TTS stream breaks after the first piece: the user is told (`tts_failed`) while the
+    chat is still writing, and the rest of the reply, which nobody could hear, is not awaited."""
+    rig = Rig(reply=" ".join(["And then a few more words."] * 20))
+    rig.chat.delay = 0.01  # ~100 words: ~1 s to write them all
+    rig.speeches.options["breaks_after"] = 1
+    turn = await rig.answer("Tell me a long story.")
+    async with asyncio.timeout(5):
+        while turn.outcome is None:
+            await asyncio.sleep(0.01)
+    await rig.settle()
+    assert turn.outcome == Outcome.FAILED
+    assert [m.code for m in rig.channel.sent if getattr(m, "type", "") == "error"] == ["tts_failed"]
+    assert len(rig.speeches.opened[0].said) < 5 and len(turn.reply) < len(rig.chat.reply) / 2  # the chat was stopped
+
+
 def audio_of(sent: list, turn_id: int) -> np.ndarray:
     return np.concatenate([np.frombuffer(m[1], "<f4") for m in sent if isinstance(m, tuple) and m[0] == turn_id])
 
@@ -156,8 +172,7 @@ async def test_a_paused_reply_that_goes_on_resends_what_was_not_heard_then_the_r
     assert cut.turn_id == turn.id and cut.played_ms == pytest.approx(50, abs=1)
     assert not [m for m in rig.channel.sent[rig.channel.sent.index(cut) :] if isinstance(m, tuple)]  # nothing while paused
     rig.tt.resume()
-    await rig.settle()
-    await asyncio.sleep(0.1)
+    assert await eventually(lambda: turn.state == TurnState.DONE)  # the chat wrote the rest, and all was queued
     await rig.settle()
     after = rig.channel.sent[rig.channel.sent.index(cut) + 1 :]
     assert isinstance(after[0], Resumed) and after[0].from_ms == cut.played_ms
@@ -208,7 +223,7 @@ async def test_an_interrupted_turn_sends_nothing_more():
     turn = rig.tt.open_turn()
     rig.speculate("Tell me a long story.")
     await rig.tt.promote(turn)
-    await asyncio.sleep(0.03)
+    assert await eventually(lambda: bool(rig.speeches.opened and rig.speeches.opened[0].said))  # it has begun speaking
     await rig.tt.interrupt()
     n = len(rig.channel.sent)
     await asyncio.sleep(0.2)

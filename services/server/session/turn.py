@@ -104,6 +104,7 @@ class Turn:
         self._pending: list[_Out | Audio | Message] = []  # held until confirmed (or resumed)
         self.audio = bytearray()  # the reply's audio so far, in order (sent again from where a pause cut it)
         self._ended = 0  # TTS pieces fully received
+        self._player: asyncio.Task[None] | None = None  # the reply's speech to the client
         self.outcome: Outcome | None = None  # set once the pipeline ended
 
     # ------------------------------------------------------------------ state
@@ -340,7 +341,7 @@ class Turn:
         reply calls, then the chat again with their results; returns once all is spoken."""
         chunker = TextChunker(first_max_words=self.deps.first_chunk_max_words)
         chat_done = asyncio.Event()
-        player = asyncio.create_task(self._play(speech, chat_done)) if speech is not None else None
+        player = self._player = asyncio.create_task(self._play(speech, chat_done)) if speech is not None else None
         tools = self.deps.tools
         try:
             for rounds in range(MAX_ROUNDS + 1):
@@ -394,6 +395,7 @@ class Turn:
         return calls
 
     async def _words(self, text: str, speech: Speech | None, chunker: TextChunker) -> None:
+        self._speech_alive()
         self.reply += text
         self.emit(ResponseText(turn_id=self.id, text=text))
         if speech is not None:
@@ -414,6 +416,13 @@ class Turn:
         self.mark("first_chunk")
         self.pieces.append(Piece(text))
         await speech.say(text)
+
+    def _speech_alive(self) -> None:
+        """Raise the speech's failure (its stream broke) now: the user hears of it at once,
+        not after the chat has written the rest of a reply nobody can hear."""
+        player = self._player
+        if player is not None and player.done() and not player.cancelled() and (exc := player.exception()) is not None:
+            raise exc
 
     async def _play(self, speech: Speech, chat_done: asyncio.Event) -> None:
         """The speech's audio to the client, piece by piece, until every piece has ended."""
