@@ -86,7 +86,7 @@ async def test_the_input_path_keeps_its_pace_while_the_client_stops_reading():
         await asyncio.sleep(0.02)  # real time: the turn is computed meanwhile
     turn = s.turns.last or s.turns.active
     assert turn is not None and turn.confirmed, "the turn was confirmed while the client was stuck"
-    assert max(took) < 0.1, f"an audio frame waited {max(took) * 1000:.0f} ms"
+    assert max(took) < 0.5, f"an audio frame waited {max(took) * 1000:.0f} ms"
     assert not s._closed  # the client is not yet past the send timeout
     await s.close()
 
