@@ -105,6 +105,7 @@ class Turn:
         self.audio = bytearray()  # the reply's audio so far, in order (sent again from where a pause cut it)
         self._ended = 0  # TTS pieces fully received
         self._player: asyncio.Task[None] | None = None  # the reply's speech to the client
+        self._speech_lost = False  # its stream broke mid-reply: the user was told, the rest goes as text
         self.outcome: Outcome | None = None  # set once the pipeline ended
 
     # ------------------------------------------------------------------ state
@@ -367,7 +368,7 @@ class Turn:
                 await self._chat(messages, speech, chunker, {"temperature": 0} | (tools.offer() | {"tool_choice": "none"} if tools else {}), None)
             await self._flush(speech, chunker)
             chat_done.set()
-            if player is not None and self._ended < len(self.pieces):
+            if player is not None and self._ended < len(self.pieces) and not self._speech_broke():
                 await player  # raises UpstreamError when the speech cannot go on
         finally:
             if player is not None:
@@ -395,15 +396,14 @@ class Turn:
         return calls
 
     async def _words(self, text: str, speech: Speech | None, chunker: TextChunker) -> None:
-        self._speech_alive()
         self.reply += text
         self.emit(ResponseText(turn_id=self.id, text=text))
-        if speech is not None:
+        if speech is not None and not self._speech_broke():
             for piece in chunker.push(text):
                 await self._say(speech, piece)
 
     async def _flush(self, speech: Speech | None, chunker: TextChunker) -> None:
-        if speech is not None:
+        if speech is not None and not self._speech_broke():
             for piece in chunker.flush():
                 await self._say(speech, piece)
 
@@ -417,12 +417,19 @@ class Turn:
         self.pieces.append(Piece(text))
         await speech.say(text)
 
-    def _speech_alive(self) -> None:
-        """Raise the speech's failure (its stream broke) now: the user hears of it at once,
-        not after the chat has written the rest of a reply nobody can hear."""
+    def _speech_broke(self) -> bool:
+        """Has the speech's stream broken (its service died)? The user is told at once, not
+        once the chat has written a reply nobody can hear; the rest of it goes as text."""
         player = self._player
-        if player is not None and player.done() and not player.cancelled() and (exc := player.exception()) is not None:
-            raise exc
+        if player is None or not player.done() or player.cancelled() or (exc := player.exception()) is None:
+            return False
+        if not isinstance(exc, UpstreamError):
+            raise exc  # a bug, not an outage: the turn fails loudly
+        if not self._speech_lost:
+            self._speech_lost = True
+            log.warning("turn %d: speech lost mid-reply: %s; the rest in text only", self.id, exc)
+            self.emit(_error(f"{exc.service}_failed", f"{exc.message}; answering in text only"))
+        return True
 
     async def _play(self, speech: Speech, chat_done: asyncio.Event) -> None:
         """The speech's audio to the client, piece by piece, until every piece has ended."""
