@@ -91,6 +91,7 @@ async def cancel_and_wait(task: asyncio.Task[Any], what: str, *, resend: float =
     `give_up` s the caller goes on without it (logged): an input path must never hang on one."""
     if task is asyncio.current_task():
         return False
+    crashed_before = task.done() and not task.cancelled() and task.exception() is not None
     waited, sent = 0.0, 0
     while not task.done() and waited < give_up:
         task.cancel()
@@ -103,5 +104,8 @@ async def cancel_and_wait(task: asyncio.Task[Any], what: str, *, resend: float =
     if sent > 1:
         log.warning("%s ignored a cancel; it stopped after %d", what, sent)
     if not task.cancelled() and (exc := task.exception()) is not None:  # retrieved: not "never retrieved" at exit
-        log.debug("%s ended with %r as it was cancelled", what, exc)
+        if crashed_before:  # it had died on its own: say so (a bare await would have raised it)
+            log.warning("%s had ended with %r", what, exc)
+        else:
+            log.debug("%s ended with %r as it was cancelled", what, exc)
     return True

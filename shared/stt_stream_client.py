@@ -62,10 +62,12 @@ class SttStreamClient:
         await self.close()
 
     async def close(self) -> None:
-        if self._reader is not None:
-            await cancel_and_wait(self._reader, "the STT stream reader")
-        if self._ws is not None:
-            await self._ws.close()
+        try:
+            if self._reader is not None:
+                await cancel_and_wait(self._reader, "the STT stream reader")
+        finally:  # even when our caller's timeout cancels us meanwhile: the socket is not left open
+            if self._ws is not None:
+                await self._ws.close()
 
     async def send_audio(self, audio: np.ndarray) -> None:
         """16 kHz mono samples (int16 as received, or float32), sent as int16 LE PCM."""

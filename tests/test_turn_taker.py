@@ -151,6 +151,19 @@ async def test_speech_that_breaks_mid_reply_is_told_at_once_and_the_rest_goes_as
     assert turn.outcome == Outcome.ANSWERED and isinstance(rig.channel.sent[-1], Metrics)
 
 
+async def test_speech_that_breaks_once_the_chat_is_done_still_answers_in_text():
+    """The chat wrote it all before the speech broke (TTS is the slower stage): one `tts_failed`,
+    and the turn is answered (the user has all of its text) and remembered."""
+    rig = Rig(reply=" ".join(["And then a few more words."] * 5))
+    rig.speeches.options["breaks_after"] = 1
+    turn = await rig.answer("Tell me a story.")
+    assert await eventually(lambda: turn.outcome is not None)
+    await rig.settle()
+    assert [m.code for m in rig.channel.sent if getattr(m, "type", "") == "error"] == ["tts_failed"]
+    assert turn.outcome == Outcome.ANSWERED and isinstance(rig.channel.sent[-1], Metrics)
+    assert rig.tt.prompt()[-1] == {"role": "assistant", "content": rig.chat.reply}
+
+
 def audio_of(sent: list, turn_id: int) -> np.ndarray:
     return np.concatenate([np.frombuffer(m[1], "<f4") for m in sent if isinstance(m, tuple) and m[0] == turn_id])
 
@@ -163,8 +176,7 @@ async def test_a_paused_reply_that_goes_on_resends_what_was_not_heard_then_the_r
     turn = rig.tt.open_turn()
     rig.speculate("Tell me a story.")
     await rig.tt.promote(turn)
-    while rig.playout.started_at(turn.id) is None:  # the play clock runs (the client has audio)
-        await asyncio.sleep(0.001)
+    assert await eventually(lambda: rig.playout.started_at(turn.id) is not None)  # the play clock runs (the client has audio)
     rig.clock.advance(0.05)  # 1200 samples heard
     rig.tt.pause()
     assert turn.state == TurnState.PAUSED and rig.tt.speaking()

@@ -368,8 +368,9 @@ class Turn:
                 await self._chat(messages, speech, chunker, {"temperature": 0} | (tools.offer() | {"tool_choice": "none"} if tools else {}), None)
             await self._flush(speech, chunker)
             chat_done.set()
-            if player is not None and self._ended < len(self.pieces) and not self._speech_broke():
-                await player  # raises UpstreamError when the speech cannot go on
+            if player is not None and self._ended < len(self.pieces):
+                await asyncio.wait({player})  # all spoken, or the speech broke: told once, a bug raised
+                self._speech_broke()
         finally:
             if player is not None:
                 await cancel_and_wait(player, f"turn {self.id}'s speech player")
