@@ -14,6 +14,8 @@ cached in bench/results/eot_cache/cues.json (delete it to read them again):
 - the transcript: the STT engine (faster-whisper, bundled tiny.en) on the utterance so far,
   from its onset (with the detector's 0.3 s pre-roll) to 150 ms into the silence (the
   session speculates at SERVER_PAUSE_DURATION = 0.15 s); the words cue is `reads_complete`;
+- Whisper's own P(sentence end): its probability of ". ? !" right after the last word, from
+  the same decode (`Transcript.sentence_end`, as the session's live STT final carries it);
 - the language model's P(end of turn) for that transcript after the assistant's system
   prompt (the chat engine's `end_of_turn`, one reading);
 - Smart Turn v3.2's P(finished) on the last 8 s, read at 0.15 s of silence (the session's
@@ -28,7 +30,7 @@ Policies, each swept (eot-bench's grid: threshold 0-0.99 by 0.01, plus finer ste
 and 1 where P(end) readings bunch; action delay 0.2-0.9 s by 0.1; timeout 1.0-3.5 s by 0.5):
 - silence only: the turn ends after T s of silence (T 0.1-3.5 s by 0.05);
 - Smart Turn alone (the session's one reading; and re-read as the silence grows);
-- language-model P(end) alone;
+- language-model P(end) alone; Whisper's P(sentence end) alone;
 - the project's policy: endpointing.judge() with the server's thresholds, each verdict's
   wait swept (sure <= finished in 0.2-0.9 s, unsure 0.5-2.0 s, unfinished 1.0-3.5 s), and
   its default (450 / 450 / 900 / 2500 ms) as one point;
@@ -107,7 +109,7 @@ def _save(cache: Path, have: dict[str, dict]) -> None:
 def read_cues(turns: list[Turn], cache: Path) -> dict[str, dict]:
     """Every point's cues, from the cache where it has them (written as it goes)."""
     have: dict[str, dict] = json.loads(cache.read_text()) if cache.exists() else {}
-    todo = [(t, k) for t in turns for k in range(len(t.spans)) if _key(t, k) not in have]
+    todo = [(t, k) for t in turns for k in range(len(t.spans)) if "stop" not in have.get(_key(t, k), {})]  # older caches lack "stop"
     if todo:
         asyncio.run(_read_cues(todo, have, cache))
     return have
@@ -141,7 +143,8 @@ async def _read_cues(todo: list[tuple[Turn, int]], have: dict[str, dict], cache:
 
             audio = upto(min(PAUSE, span.duration or PAUSE))
             c0 = time.perf_counter()
-            text = stt.transcribe(audio).text
+            heard = stt.transcribe(audio)
+            text = heard.text
             c1 = time.perf_counter()
             p_lm = None
             if text:
@@ -158,6 +161,7 @@ async def _read_cues(todo: list[tuple[Turn, int]], have: dict[str, dict], cache:
                 t_sound = t_sound or time.perf_counter() - c3
             have[_key(turn, k)] = {
                 "text": text, "lm": None if p_lm is None else round(p_lm, 6), "sounds": sounds,
+                "stop": None if heard.sentence_end is None else round(heard.sentence_end, 6),
                 "speech_s": round(span.start - turn.onset, 3), "t_stt": round(c1 - c0, 4), "t_lm": round(c2 - c1, 4),
                 "t_sound": round(t_sound, 4),
             }
@@ -281,6 +285,11 @@ def lm_alone(p: Points) -> Sweep:
                           "language model P(end)")
 
 
+def whisper_alone(p: Points) -> Sweep:
+    return first_crossing(constant(np.array([np.nan if r["stop"] is None else r["stop"] for r in p.rows])), p.ready_text,
+                          "Whisper P(sentence end)")
+
+
 def verdicts(p: Points, cfg: ServerSettings) -> list[str]:
     return [judge(SimpleNamespace(transcript=r["text"], end_of_turn=r["lm"], sounds_finished=r["sound"]), cfg)  # type: ignore[arg-type]
             for r in p.rows]
@@ -311,7 +320,7 @@ def design(p: Points, times: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
     """Rows (point, t) for t in `times` while the point is still silent: X (raw, NaN = missing), y, point index, t."""
     X, y, idx, ts = [], [], [], []
     for i, r in enumerate(p.rows):
-        cues = EotCues(r["text"], r["lm"], r["sound"], r["speech_s"])
+        cues = EotCues(r["text"], r["lm"], r["sound"], r["speech_s"], r["stop"])
         for t in times:
             if not r["end"] and t >= p.dur[i]:
                 break
@@ -542,7 +551,8 @@ def main() -> None:
     out: dict = {"cue_ready": args.cue_ready, "params": params}
     report: list[str] = []
     for split, p in (("held-out", held), ("train", train)):
-        sweeps = [silence_only(p), smart_turn(p, reread=False), smart_turn(p, reread=True), lm_alone(p), project_policy(p, cfg)]
+        sweeps = [silence_only(p), smart_turn(p, reread=False), smart_turn(p, reread=True), lm_alone(p), whisper_alone(p),
+                  project_policy(p, cfg)]
         sweeps.append(project_policy(p, cfg, default_waits, "project policy, defaults 450/450/900/2500"))
         fitted = learned_sweep(params, p) if split == "held-out" else Sweep("learned logistic model (out-of-fold)", oof.params, oof.fire)
         sweeps.append(fitted)
@@ -557,9 +567,10 @@ def main() -> None:
         lm = np.array([np.nan if r["lm"] is None else r["lm"] for r in p.rows])
         snd = np.array([np.nan if r["sound"] is None else r["sound"] for r in p.rows])
         words = np.array([float(r["words"]) for r in p.rows])
+        stop = np.array([np.nan if r["stop"] is None else r["stop"] for r in p.rows])
         pg = prob_grid(params, p)[:, 0]
         report.append(f"  AUC ends vs holds (at the pause): LM {auc(lm, p):.2f}, Smart Turn {auc(snd, p):.2f}, "
-                      f"words {auc(words, p):.2f}, learned at 0.2 s {auc(pg, p):.2f}; LM reading missing at "
+                      f"words {auc(words, p):.2f}, Whisper P(sentence end) {auc(stop, p):.2f}, learned at 0.2 s {auc(pg, p):.2f}; LM reading missing at "
                       f"{int(np.isnan(lm).sum())} points (empty transcript)")
         curves, marks = {}, {}
         for sw in sweeps:

@@ -8,6 +8,7 @@ held-out speakers it does not beat the project's judge(), see docs/turn-taking.m
 
     lm_logit        logit of the chat engine's P(sentence ends here) for the transcript so far
     sound_logit     logit of Smart Turn v3.2's P(finished), read once at the pause
+    sentence_end_logit  logit of Whisper's P(". ? !" right after the last word), from the STT's decode
     reads_complete  1 if endpointing.reads_complete(transcript) (full stop, no trailing "and")
     punctuated      1 if the transcript ends in . ! or ?
     silence_s       seconds of silence so far (since the last voiced 10 ms)
@@ -16,7 +17,7 @@ held-out speakers it does not beat the project's judge(), see docs/turn-taking.m
     log_words       log(1 + words of the transcript)
 
 Probabilities are clipped to [1e-4, 1 - 1e-4] before the logit. A cue that is missing (None:
-no language-model reading, no Smart Turn) takes its training mean, i.e. it contributes nothing.
+no language-model reading, no Smart Turn, no Whisper reading) takes its training mean, i.e. it contributes nothing.
 The weights, the standardisation and the operating point (threshold, action delay, timeout)
 come from `eot_weights.json` beside this file, written by `python bench/eot.py --fit` from the
 training speakers only. The turn ends at the first moment of silence that is at least the
@@ -35,7 +36,7 @@ from pathlib import Path
 from services.server.endpointing import reads_complete
 
 WEIGHTS = Path(__file__).with_name("eot_weights.json")
-FEATURES = ("lm_logit", "sound_logit", "reads_complete", "punctuated", "silence_s", "log_silence", "speaking_rate", "log_words")
+FEATURES = ("lm_logit", "sound_logit", "sentence_end_logit", "reads_complete", "punctuated", "silence_s", "log_silence", "speaking_rate", "log_words")
 _EPS = 1e-4
 
 
@@ -47,6 +48,7 @@ class EotCues:
     lm: float | None  # chat engine P(end of turn) for that transcript
     sound: float | None  # Smart Turn P(finished) on the audio up to the pause
     speech_s: float  # seconds from the turn's speech onset to the pause
+    sentence_end: float | None = None  # Whisper's P(the words end a sentence)
 
 
 def logit(p: float) -> float:
@@ -66,6 +68,7 @@ def vector(cues: EotCues, silence_ms: float) -> list[float | None]:
     return [
         None if cues.lm is None else logit(cues.lm),
         None if cues.sound is None else logit(cues.sound),
+        None if cues.sentence_end is None else logit(cues.sentence_end),
         float(reads_complete(text)),
         float(text.rstrip("\"')]").endswith((".", "!", "?"))),
         silence,

@@ -374,6 +374,7 @@ class SttPartial(_Out):
 class SttFinal(_Out):
     type: Literal["final"] = "final"
     text: str
+    sentence_end: float | None = None  # Whisper's P(the words end a sentence): an end-of-turn cue (None: unknown)
     duration: float  # seconds of audio in the utterance
     processing_time: float  # seconds from the flush to this message
     passes: int = 0  # partial passes run for this utterance (diagnostics)

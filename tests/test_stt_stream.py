@@ -235,3 +235,20 @@ def test_a_repeat_that_differs_only_in_case_and_punctuation_is_a_loop(stt):
     assert r.status_code == 200, r.text
     words = r.json()["text"].lower().split()
     assert words.count("remember") == 1 and len(words) <= 6, r.text
+
+
+async def test_the_final_says_how_sure_whisper_is_that_the_sentence_ended(stt, corpus):
+    """Whisper writes a full stop after most fragments, but it is less sure of it there: the
+    final (streamed or posted) carries that probability, an end-of-turn cue (bench/eot.py)."""
+    whole, cut, posted = [], [], []
+    async with websockets.connect(ws_url(stt)) as ws:
+        for clip in corpus[:10]:
+            for pcm, into in ((clip.audio, whole), (clip.audio[: len(clip.audio) * 6 // 10], cut)):
+                _, final = await stream(ws, pcm)
+                assert final.sentence_end is not None and 0.0 <= final.sentence_end <= 1.0, final
+                into.append(final.sentence_end)
+            body = post(stt, clip.audio.tobytes()).json()
+            posted.append(body["sentence_end"])
+    print(f"\nP(sentence end): whole clips {np.round(whole, 2)}, cut at 60% {np.round(cut, 2)}")
+    assert np.mean(whole) > np.mean(cut) + 0.1
+    assert all(p is not None and 0.0 <= p <= 1.0 for p in posted), posted

@@ -202,9 +202,12 @@ async def test_a_talk_over_our_echo_becomes_its_own_turn(system, corpus):
         res = await stream_pcm(system.ws, said, tail=14.0, loopback=(0.5, 0.15), wait_for_end=2,
                                init={"agentId": "assistant", "userId": "t", "agentName": "T", "systemPrompt": LONG_REPLIES},
                                barge=(talk_over, 1.0))
-        if res.of("interrupted") or res.audio_seconds(1) >= ECHO_TALK_OVER_SHORTEST:
+        merged = any(m.get("replaces") for m in res.of("transcript"))
+        if not merged and (res.of("interrupted") or res.audio_seconds(1) >= ECHO_TALK_OVER_SHORTEST):
             break
-        # the sampled answer ended before the talk-over could be told from our echo: ask again
+        # the sampled answer ended before the talk-over could be told from our echo, or the first
+        # utterance was answered early inside a pause of its own and merged (its reply then comes
+        # later, and the talk-over with it: tested elsewhere): ask again
     # Whether the talk-over interrupts, and what Whisper makes of its overlap with our echo, are
     # chance here; bench/echo.py measures both. In 11 runs of this test: 2 not interrupted (the
     # first words check heard our words, and speech judged so was not watched until we stopped),
@@ -212,11 +215,11 @@ async def test_a_talk_over_our_echo_becomes_its_own_turn(system, corpus):
     # early on them, "No, I didn't.", then again). What must hold: the talk-over becomes a turn
     # (once in CI it did not, before words-judged echo was watched too), and no turn after the
     # first repeats the first utterance (one used to begin there).
-    assert len(res.transcripts) >= 2, res.transcripts
+    assert len(res.transcripts) >= 2, (res.transcripts, res.story(system.log))
     reply1 = "".join(m["text"] for m in res.of("response_text") if m["turn_id"] == 1)
     first_only = set(normalise(first.transcript)) - set(normalise(second.transcript)) - set(normalise(reply1))
     for later in res.transcripts[1:]:
-        assert len(first_only & set(normalise(later))) <= 1, res.transcripts
+        assert len(first_only & set(normalise(later))) <= 1, (res.transcripts, res.story(system.log))
 
 
 async def test_a_short_yes_is_answered(system):

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 
 import numpy as np
 
+from services.server.session.turn import Words
 from shared.clients import UpstreamError
 from shared.protocol import SttPartial
 from shared.replicas import Replicas
@@ -57,7 +58,7 @@ class LiveTranscriber:
             self._fail(exc)
         self._streamed += len(audio)
 
-    async def transcript(self, timeout: float = 5.0) -> str | None:
+    async def transcript(self, timeout: float = 5.0) -> Words | None:
         """The words of the utterance so far (it goes on), or None: use the batch path."""
         if self._broken or self._client is None or self._streamed == 0:
             return None
@@ -66,7 +67,7 @@ class LiveTranscriber:
         except UpstreamError as exc:
             self._fail(exc)
             return None
-        return final.text
+        return Words(final.text, final.sentence_end)
 
     async def end_utterance(self) -> None:
         """The utterance is over: the next audio starts a new one."""

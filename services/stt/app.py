@@ -98,6 +98,7 @@ async def transcribe(
         "language": result.language,
         "duration": round(result.duration, 3),
         "processing_time": round(took, 4),
+        "sentence_end": None if result.sentence_end is None else round(result.sentence_end, 4),
         "segments": [{"id": i, "start": s.start, "end": s.end, "text": s.text} for i, s in enumerate(result.segments)],
     }
 

@@ -56,6 +56,7 @@ class Snapshot:
     align: bool
     epoch: int
     covered: float  # seconds of new audio since the previous pass
+    final: bool = False  # a flush: also read how sure Whisper is that the words end a sentence
 
 
 class StreamState:
@@ -109,7 +110,7 @@ class StreamState:
     def snapshot(self, final: bool) -> Snapshot:
         covered, self.new_samples = self.new_samples / STT_RATE, 0
         align = not final and len(self.buffer) > TRIM_AFTER * STT_RATE and len(self.prefix) > 1
-        return Snapshot(self.buffer.copy(), self.language, self.prompt + self.context, list(self.prefix), align, self.epoch, covered)
+        return Snapshot(self.buffer.copy(), self.language, self.prompt + self.context, list(self.prefix), align, self.epoch, covered, final)
 
     def apply(self, snap: Snapshot, d: WindowDecode) -> bool:
         """Commit what this pass and the previous one agree on; True if the partial changed."""
@@ -184,10 +185,13 @@ class StreamState:
         tail = tail if committed else tail.lstrip()
         return SttPartial(committed=committed, tail=tail.rstrip(), text=(committed + tail).rstrip(), heard=round(heard, 3))
 
-    def final(self, d: WindowDecode | None) -> str:
+    def final(self, d: WindowDecode | None) -> tuple[str, float | None]:
+        """The utterance's words, and how sure Whisper is that they end a sentence (None: the
+        decode's own text was not kept as it came, so its reading is not of these words)."""
         ids = self.hyp if d is not None and d.looped else (d.ids if d is not None else [])  # a looping decode: the last pass's tail
-        tail = "" if d is None or self._rejected(d) else self.engine.tokenizer(self.language).decode(self._dedup(ids))
-        return (self.committed + tail).strip()
+        kept = [] if d is None or self._rejected(d) else self._dedup(ids)
+        end = d.sentence_end if d is not None and kept == d.ids else None
+        return (self.committed + self.engine.tokenizer(self.language).decode(kept)).strip(), end
 
 
 def _norm(text: str) -> str:
@@ -195,7 +199,7 @@ def _norm(text: str) -> str:
 
 
 def decode(engine: FasterWhisperEngine, snap: Snapshot) -> WindowDecode:
-    return engine.decode_window(snap.audio, snap.language, snap.context, snap.prefix, align=snap.align)
+    return engine.decode_window(snap.audio, snap.language, snap.context, snap.prefix, align=snap.align, sentence_end=snap.final)
 
 
 class StreamConnection:
@@ -263,7 +267,8 @@ class StreamConnection:
         d = None
         if len(st.buffer) >= STT_RATE // 100:  # under 10 ms there is nothing new to decode
             d = await self.scheduler.run("final", decode, self.engine, st.snapshot(final=True))
-        final = SttFinal(text=st.final(d), duration=round(st.duration, 3), processing_time=round(time.perf_counter() - t0, 4),
+        text, end = st.final(d)
+        final = SttFinal(text=text, sentence_end=None if end is None else round(end, 4), duration=round(st.duration, 3), processing_time=round(time.perf_counter() - t0, 4),
                          passes=st.passes, max_pass_rtf=round(st.max_rtf, 3))
         log.info("final: %.1f s utterance, last %.1f s decoded, %d passes, %.0f ms", st.duration, len(st.buffer) / STT_RATE,
                  st.passes, final.processing_time * 1000)

@@ -24,7 +24,7 @@ from services.server.session.barge import PREROLL, Action, BargeJudge, CheckWord
 from services.server.session.channel import Channel, Outbox
 from services.server.session.detector import new_detector
 from services.server.session.playout import Playout
-from services.server.session.turn import TurnDeps
+from services.server.session.turn import TurnDeps, Words
 from services.server.session.turn_taker import TurnTaker
 from services.server.tools import ToolRunner
 from shared.audio import STT_RATE, active_level, pcm16_to_float
@@ -226,9 +226,9 @@ class Session:
     def _speculate(self, audio: np.ndarray, speech_end: float, live: bool = True, by_words: bool = False) -> None:
         stt = self.ups.stt
 
-        async def transcribe() -> str:
-            text = await self.live.transcript() if live and self.live is not None else None
-            return text if text is not None else await stt.transcribe(audio)  # batch: the stream broke
+        async def transcribe() -> Words | str:
+            words = await self.live.transcript() if live and self.live is not None else None
+            return words if words is not None else await stt.transcribe(audio)  # batch: the stream broke
 
         async def sounds_finished() -> float | None:
             return await stt.end_of_turn(audio)

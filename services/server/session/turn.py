@@ -34,7 +34,17 @@ log = logging.getLogger("server.turn")
 F32 = 4  # bytes per output sample (24 kHz float32 LE)
 RESEND_CHUNK = 4800 * F32  # audio sent again after a pause goes in 0.2 s chunks
 
-Transcriber = Callable[[], Awaitable[str]]
+
+
+@dataclass(frozen=True)
+class Words:
+    """A transcript, and how sure the STT is that it ends a sentence (Whisper's P(. ? !); None: unknown)."""
+
+    text: str
+    sentence_end: float | None = None
+
+
+Transcriber = Callable[[], Awaitable[str | Words]]
 Prompt = list[dict[str, Any]]  # the conversation so far (system prompt first); the user's words are added
 
 
@@ -98,6 +108,7 @@ class Turn:
         self.end_of_turn: float | None = None  # chat engine's P(the user's sentence is finished)
         self.judged = asyncio.Event()  # transcript and the language model's estimate known (or unavailable)
         self.sounds_finished: float | None = None  # Smart Turn's P(finished) from the sound of the speech
+        self.sentence_end: float | None = None  # the STT's P(the words end a sentence), with the transcript
         self.heard = asyncio.Event()  # ... known (or unavailable)
         self._listener: asyncio.Task[None] | None = None
         self.finished = False
@@ -307,7 +318,8 @@ class Turn:
         opening: asyncio.Future[Speech] = asyncio.ensure_future(self.deps.open_speech(self.deps.voice))  # in parallel with STT
         try:
             if self.transcript is None:
-                self.transcript = await transcribe()
+                got = await transcribe()
+                self.transcript, self.sentence_end = (got, None) if isinstance(got, str) else (got.text, got.sentence_end)
             self.mark("stt")
             if not usable_transcript(self.transcript):
                 return Outcome.NOTHING

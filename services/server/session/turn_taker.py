@@ -143,8 +143,8 @@ class TurnTaker:
 
     def log_end(self, turn: Turn, why: str) -> None:
         words = "finished" if turn.transcript and reads_complete(turn.transcript) else "unfinished"
-        log.info("turn %d: end of turn after %s (%s: words %s, language model %s, sound %s)", turn.id, why, self.verdict(turn),
-                 words, _p(turn.end_of_turn), _p(turn.sounds_finished))
+        log.info("turn %d: end of turn after %s (%s: words %s, sentence end %s, language model %s, sound %s)", turn.id, why,
+                 self.verdict(turn), words, _p(turn.sentence_end), _p(turn.end_of_turn), _p(turn.sounds_finished))
 
     # ---------------------------------------------------------------- the reply
 

@@ -20,6 +20,7 @@ class Transcript:
     duration: float  # seconds of audio
     dropped_segments: int = 0  # segments rejected as likely hallucinations
     segments: list[Segment] = field(default_factory=list)
+    sentence_end: float | None = None  # how sure the engine is that the words end a sentence (None: it cannot say)
 
 
 class SttEngine(ABC):
