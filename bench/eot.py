@@ -1,7 +1,7 @@
 """End of turn measured as LiveKit's eot-bench measures it, on turns built from our corpus.
 
     python bench/eot.py                  # reads the cues (cached), sweeps every policy, prints the tables, writes the plot
-    python bench/eot.py --fit            # ... and writes bench/eot_weights.json (fitted on the training speakers)
+    python bench/eot.py --fit            # ... and writes services/server/eot_weights.json (fitted on the training speakers)
     python bench/eot.py --cue-ready measured   # cues usable only once this machine had computed them (see below)
 
 The set (bench/eot_data.py): turns of one speaker each, built from the corpus; every silence
@@ -34,7 +34,7 @@ and 1 where P(end) readings bunch; action delay 0.2-0.9 s by 0.1; timeout 1.0-3.
 - the project's policy: endpointing.judge() with the server's thresholds, each verdict's
   wait swept (sure <= finished in 0.2-0.9 s, unsure 0.5-2.0 s, unfinished 1.0-3.5 s), and
   its default (450 / 450 / 900 / 2500 ms) as one point;
-- the learned logistic model (bench/eot_model.py), fitted on the training
+- the learned logistic model (services/server/eot_model.py), fitted on the training
   speakers; its shipped operating point is chosen on the training speakers' out-of-fold
   predictions (leave one speaker out), the lowest mean latency at <= 5% cut-off.
 
@@ -66,8 +66,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.eot_data import CACHE, RATE, Turn, build_turns  # noqa: E402
-from bench.eot_model import FEATURES, WEIGHTS, EotCues, vector  # noqa: E402
 from services.server.endpointing import judge, reads_complete  # noqa: E402
+from services.server.eot_model import FEATURES, WEIGHTS, EotCues, vector  # noqa: E402
 from shared.config import ServerSettings  # noqa: E402
 
 PAUSE = 0.15  # s of silence at which the session speculates (reads the cues)

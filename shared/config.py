@@ -127,8 +127,9 @@ class ServerSettings(BaseSettings):
     end_of_turn_threshold: float = Field(0.2, description="chat engine's P(sentence finished) needed to end a turn early")
     end_of_turn_clear: float = Field(0.4, ge=0, le=1, description="P(sentence finished) at which finished words end the turn whatever the sound says")
     end_of_turn_unlikely: float = Field(0.0, ge=0, le=1, description="P(sentence finished) under which the turn waits long unless words and sound are sure (0: off)")
-    end_of_turn_policy: Literal["text", "audio", "both"] = Field(
-        "both", description="cues that end a turn: the words (punctuation, language model), the sound (Smart Turn), or both")
+    end_of_turn_policy: Literal["text", "audio", "both", "learned"] = Field(
+        "both", description="cues that end a turn: the words (punctuation, language model), the sound (Smart Turn), both "
+                            "(endpointing.judge), or all of them in the learned model (services/server/eot_model.py)")
     audio_end_threshold: float = Field(0.5, ge=0, le=1, description="Smart Turn P(finished) at which the speech sounds finished")
     audio_sure_threshold: float = Field(0.9, ge=0, le=1, description="... so clearly that finished words need no language-model agreement")
     sure_silence: float = Field(0.45, ge=0.05, description="silence that ends a turn whose words and sound both say finished")

@@ -7,7 +7,7 @@ import numpy as np
 
 from bench.eot import TGRID, Points, Sweep, first_crossing, fit, operating_points, pareto, silence_only
 from bench.eot_data import split_of
-from bench.eot_model import FEATURES, EndOfTurnModel, EotCues, vector
+from services.server.eot_model import FEATURES, EndOfTurnModel, EotCues, vector
 
 
 def made_up_points(probs: list[float], ends: list[bool], durs: list[float | None]) -> tuple[Points, np.ndarray]:

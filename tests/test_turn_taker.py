@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from services.server.echo import EchoGuard
+from services.server.eot_model import EndOfTurnModel, EotCues
 from services.server.session.channel import Outbox
 from services.server.session.playout import Playout
-from services.server.session.turn import Outcome, Turn, TurnDeps, TurnState
+from services.server.session.turn import Outcome, Turn, TurnDeps, TurnState, Words
 from services.server.session.turn_taker import TurnTaker
 from shared.config import ServerSettings
 from shared.protocol import Interrupted, Metrics, ResponseText, Resumed, TranscriptOut, TtsStreamEnd
@@ -23,7 +24,7 @@ CFG = ServerSettings(streaming_stt=False, end_of_turn_policy="text")
 
 class Rig:
     def __init__(self, reply: str = "Sure. Here is my answer to you, in a few short words.", p_end: float | None = 0.9,
-                 counting: bool = False) -> None:
+                 counting: bool = False, cfg: ServerSettings = CFG) -> None:
         self.clock = FakeClock()
         self.channel = RecordingChannel()
         self.outbox = Outbox(self.channel, on_gone=lambda: None)
@@ -32,7 +33,7 @@ class Rig:
         self.chat, self.speeches = FakeChat(reply, p_end), FakeSpeeches(samples_per_piece=4800, counting=counting)  # 0.2 s a piece
         deps = TurnDeps(chat=self.chat, open_speech=self.speeches, outbox=self.outbox,  # type: ignore[arg-type]
                         on_audio_sent=self.playout.on_sent, voice=None)
-        self.tt = TurnTaker(deps, self.playout, CFG, "You are terse.", clock=self.clock)
+        self.tt = TurnTaker(deps, self.playout, cfg, "You are terse.", clock=self.clock)
 
     def speculate(self, text: str) -> None:
         async def transcribe() -> str:
@@ -72,6 +73,32 @@ async def test_a_speculated_answer_is_held_until_confirmed_then_released_in_orde
     assert all(t == turn.id for t, _ in (m for m in rig.channel.sent if isinstance(m, tuple)))
     assert rig.tt.active is None and rig.tt.last is turn and turn.state == TurnState.DONE
     assert rig.tt.prompt()[-2:] == [{"role": "user", "content": "What time is it?"}, {"role": "assistant", "content": rig.chat.reply}]
+
+
+@pytest.mark.parametrize(("text", "sentence_end", "p_end"), [("What time is it?", 0.95, 0.9), ("I would like to.", 0.05, 0.01)])
+async def test_the_learned_policy_waits_as_long_as_its_model_says(text, sentence_end, p_end):
+    """SERVER_END_OF_TURN_POLICY=learned: the shipped model's wait for the turn's cues (the
+    STT's sentence-end reading among them); before the cues are in, the unsure wait."""
+    rig = Rig(p_end=p_end, cfg=ServerSettings(streaming_stt=False, end_of_turn_policy="learned"))
+    turn = rig.tt.open_turn()
+    gate = asyncio.Event()
+
+    async def transcribe() -> Words:
+        await gate.wait()
+        return Words(text, sentence_end)
+
+    rig.tt.speculate(rig.clock(), transcribe, None, speech_s=2.0)
+    assert rig.tt.wait_for(turn) == rig.tt.turn_cap  # no words yet
+    gate.set()
+    await rig.settle()
+    model = EndOfTurnModel.shipped()
+    want = model.wait_ms(EotCues(text, p_end, None, 2.0, sentence_end)) / 1000
+    assert rig.tt.wait_for(turn) == pytest.approx(want)
+    assert not await rig.tt.end_if_due(want - 0.05, stalled=False) and turn.state == TurnState.SPECULATING
+    assert await rig.tt.end_if_due(want, stalled=False) and turn.confirmed
+    if sentence_end < 0.5:  # a fragment Whisper doubts waits longer than a question it is sure of
+        sure = model.wait_ms(EotCues("What time is it?", 0.9, None, 2.0, 0.95)) / 1000
+        assert want > sure
 
 
 async def test_the_user_going_on_drops_the_held_answer_and_the_turn_keeps_its_id():

@@ -233,7 +233,8 @@ class Session:
         async def sounds_finished() -> float | None:
             return await stt.end_of_turn(audio)
 
-        self.turns.speculate(speech_end, transcribe, sounds_finished, by_words)
+        spoken = len(audio) / STT_RATE - self.detector.cfg.pre_roll - max(self.clock() - speech_end, 0.0)  # onset to the last voiced sample
+        self.turns.speculate(speech_end, transcribe, sounds_finished, by_words, speech_s=max(spoken, 0.25))
 
     async def _end_utterance(self) -> None:
         if self.live is not None:

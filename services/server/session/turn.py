@@ -109,6 +109,8 @@ class Turn:
         self.judged = asyncio.Event()  # transcript and the language model's estimate known (or unavailable)
         self.sounds_finished: float | None = None  # Smart Turn's P(finished) from the sound of the speech
         self.sentence_end: float | None = None  # the STT's P(the words end a sentence), with the transcript
+        self.speech_s = 0.0  # how long the user had spoken at this pause (the learned model's speaking rate)
+        self.learned_wait: float | None = None  # the learned end-of-turn model's silence, once its cues are in
         self.heard = asyncio.Event()  # ... known (or unavailable)
         self._listener: asyncio.Task[None] | None = None
         self.finished = False

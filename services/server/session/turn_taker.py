@@ -23,6 +23,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from services.server.endpointing import Verdict, judge, reads_complete
+from services.server.eot_model import EndOfTurnModel, EotCues
 from services.server.history import History
 from services.server.session.playout import Playout
 from services.server.session.turn import Outcome, Prompt, Transcriber, Turn, TurnDeps, TurnState
@@ -52,6 +53,7 @@ class TurnTaker:
         self._paused_ms = 0.0  # how much of the paused turn the client had played
         self._ids = 0
         self._remembered: int | None = None  # the turn whose exchange was last added to the history
+        self._model = EndOfTurnModel.shipped() if cfg.end_of_turn_policy == "learned" else None
 
     # ---------------------------------------------------------------- what is going on
 
@@ -86,11 +88,13 @@ class TurnTaker:
         self._on_open()
         return self.current
 
-    def speculate(self, speech_end: float, transcribe: Transcriber, sounds: Sounds | None, by_words: bool = False) -> None:
-        """A pause: the listening turn computes its answer, output held."""
+    def speculate(self, speech_end: float, transcribe: Transcriber, sounds: Sounds | None, by_words: bool = False,
+                  speech_s: float = 0.0) -> None:
+        """A pause: the listening turn computes its answer, output held; `speech_s`: how long they have spoken."""
         turn = self.current
         if turn is not None and turn.state == TurnState.LISTENING:
             turn.speculate(speech_end, transcribe, self.prompt(), sounds if self.cfg.end_of_turn_policy != "text" else None, by_words)
+            turn.speech_s = speech_s
 
     async def user_went_on(self) -> bool:
         """The user goes on after a pause: a speculating turn listens again (True), keeping its id."""
@@ -101,6 +105,13 @@ class TurnTaker:
 
     def wait_for(self, turn: Turn) -> float:
         """How much silence ends this turn, from what its words and their sound say."""
+        if self._model is not None:
+            if not (turn.judged.is_set() and turn.heard.is_set()):
+                return self.turn_cap
+            if turn.learned_wait is None:  # the cues are in: the model's wait, worked out once
+                cues = EotCues(turn.transcript, turn.end_of_turn, turn.sounds_finished, turn.speech_s, turn.sentence_end)
+                turn.learned_wait = self._model.wait_ms(cues) / 1000
+            return turn.learned_wait
         return {"sure": self.cfg.sure_silence, "finished": self.cfg.confirm_silence,
                 "unsure": self.turn_cap, "unfinished": max(self.turn_cap, self.cfg.unfinished_max_silence)}[self.verdict(turn)]
 
@@ -143,8 +154,9 @@ class TurnTaker:
 
     def log_end(self, turn: Turn, why: str) -> None:
         words = "finished" if turn.transcript and reads_complete(turn.transcript) else "unfinished"
+        how = self.verdict(turn) if turn.learned_wait is None else f"learned, wait {turn.learned_wait * 1000:.0f} ms"
         log.info("turn %d: end of turn after %s (%s: words %s, sentence end %s, language model %s, sound %s)", turn.id, why,
-                 self.verdict(turn), words, _p(turn.sentence_end), _p(turn.end_of_turn), _p(turn.sounds_finished))
+                 how, words, _p(turn.sentence_end), _p(turn.end_of_turn), _p(turn.sounds_finished))
 
     # ---------------------------------------------------------------- the reply
 

@@ -2,9 +2,9 @@
 
     p = sigmoid(bias + sum_i weight_i * (x_i - mean_i) / scale_i)
 
-where x is `vector(cues, silence_ms)` (the one definition of the features, used by the
-benchmark that fits the weights and by a live path that would apply them; none does yet: on the
-held-out speakers it does not beat the project's judge(), see docs/turn-taking.md):
+where x is `vector(cues, silence_ms)`: the one definition of the features, used by the
+benchmark that fits the weights (bench/eot.py) and by the session's turn-taker when
+SERVER_END_OF_TURN_POLICY=learned (docs/turn-taking.md has both curves):
 
     lm_logit        logit of the chat engine's P(sentence ends here) for the transcript so far
     sound_logit     logit of Smart Turn v3.2's P(finished), read once at the pause
@@ -26,6 +26,7 @@ action delay and at which p >= threshold, or at the timeout whatever p says.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -102,6 +103,12 @@ class EndOfTurnModel:
     @classmethod
     def load(cls, path: str | Path = WEIGHTS) -> EndOfTurnModel:
         return cls(json.loads(Path(path).read_text()))
+
+    @classmethod
+    @functools.cache
+    def shipped(cls) -> EndOfTurnModel:
+        """The weights beside this file, read once per process."""
+        return cls.load()
 
     def standardised(self, features: Sequence[float | None] | Mapping[str, float | None]) -> list[float]:
         xs = [features.get(n) for n in self.features] if isinstance(features, Mapping) else list(features)
