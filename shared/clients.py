@@ -92,9 +92,14 @@ class SttClient:
 
     async def transcribe(self, audio: np.ndarray) -> str:
         """16 kHz int16 (as the socket sent it) or float32; sent as raw int16 PCM (no container to decode)."""
+        return (await self.transcribe_words(audio)).text
+
+    async def transcribe_words(self, audio: np.ndarray) -> Words:
+        """... and how sure the STT is that the words end a sentence."""
         pcm = as_pcm16(audio).tobytes()
-        r = await self._post("/transcribe", files={"audio_file": ("utterance.pcm", pcm, "audio/l16")})
-        return str(r.json()["text"]).strip()
+        body = (await self._post("/transcribe", files={"audio_file": ("utterance.pcm", pcm, "audio/l16")})).json()
+        end = body.get("sentence_end")
+        return Words(str(body["text"]).strip(), None if end is None else float(end))
 
     async def transcribe_file(self, data: bytes, filename: str, content_type: str, form: dict[str, str] | None = None) -> dict[str, Any]:
         """Any file the STT service decodes (it also resamples): its JSON answer (text,
@@ -112,6 +117,14 @@ class SttClient:
 
         r = await self._post("/end-of-turn", answered, content=pcm, headers={"content-type": "audio/l16"}, timeout=3.0)
         return float(r.json()["probability"]) if r.status_code == 200 else None
+
+
+@dataclass(frozen=True)
+class Words:
+    """A transcript, and how sure the STT is that it ends a sentence (Whisper's P(. ? !); None: unknown)."""
+
+    text: str
+    sentence_end: float | None = None
 
 
 class ChatClient:

@@ -15,6 +15,7 @@ from services.server.agents import Agent
 from services.server.session import Session
 from services.server.session import channel as channel_mod
 from shared.audio import STT_RATE
+from shared.clients import Words
 from shared.config import ServerSettings
 from shared.protocol import InitMessage, Interrupted, SpeechStart, TranscriptOut
 from testing.fakes import FakeChat, FakeSpeeches, GoneChannel, StuckChannel
@@ -26,6 +27,9 @@ class FakeStt:
 
     async def transcribe(self, audio: np.ndarray) -> str:
         return self.text
+
+    async def transcribe_words(self, audio: np.ndarray) -> Words:
+        return Words(self.text, 0.9)
 
     async def end_of_turn(self, audio: np.ndarray) -> float | None:
         return 0.9
@@ -228,3 +232,18 @@ def _slow(transcribe, seconds: float):  # noqa: ANN001, ANN202
         return await transcribe(audio)
 
     return slow
+
+
+async def test_the_learned_end_of_turn_is_told_how_long_the_user_spoke() -> None:
+    """SERVER_END_OF_TURN_POLICY=learned reads a speaking rate: the turn's speech is measured
+    in detector time, from the onset to the last voiced hop (not the pre-roll, not the silence)."""
+    from testing.fakes import RecordingChannel
+
+    s = make_session(RecordingChannel(), end_of_turn_policy="learned")
+    await s.start()
+    await stream_realtime(s, utterance(1.2))
+    turns = s.turns
+    turn = next(t for t in (turns.early, turns.active, turns.last, turns.current) if t is not None and t.transcript)
+    await s.close()
+    assert turn.speech_s == pytest.approx(1.2, abs=0.1)
+    assert turn.sentence_end == 0.9 and turn.learned_wait is not None  # the batch STT's reading reached the model

@@ -13,8 +13,9 @@ from services.server.echo import EchoGuard
 from services.server.eot_model import EndOfTurnModel, EotCues
 from services.server.session.channel import Outbox
 from services.server.session.playout import Playout
-from services.server.session.turn import Outcome, Turn, TurnDeps, TurnState, Words
+from services.server.session.turn import Outcome, Turn, TurnDeps, TurnState
 from services.server.session.turn_taker import TurnTaker
+from shared.clients import Words
 from shared.config import ServerSettings
 from shared.protocol import Interrupted, Metrics, ResponseText, Resumed, TranscriptOut, TtsStreamEnd
 from testing.fakes import FakeChat, FakeClock, FakeSpeeches, RecordingChannel, eventually

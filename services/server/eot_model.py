@@ -13,7 +13,7 @@ SERVER_END_OF_TURN_POLICY=learned (docs/turn-taking.md has both curves):
     punctuated      1 if the transcript ends in . ! or ?
     silence_s       seconds of silence so far (since the last voiced 10 ms)
     log_silence     log(silence_s), floored at 50 ms
-    speaking_rate   words of the transcript per second of the turn so far (onset to pause)
+    speaking_rate   words of the transcript per second of the turn so far (onset to pause), at most 8
     log_words       log(1 + words of the transcript)
 
 Probabilities are clipped to [1e-4, 1 - 1e-4] before the logit. A cue that is missing (None:
@@ -39,6 +39,7 @@ from services.server.endpointing import reads_complete
 WEIGHTS = Path(__file__).with_name("eot_weights.json")
 FEATURES = ("lm_logit", "sound_logit", "sentence_end_logit", "reads_complete", "punctuated", "silence_s", "log_silence", "speaking_rate", "log_words")
 _EPS = 1e-4
+MAX_RATE = 8.0  # words/s: the fitted data reach 6.7; a mismeasured short turn must not read as a sprint
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ def vector(cues: EotCues, silence_ms: float) -> list[float | None]:
         float(text.rstrip("\"')]").endswith((".", "!", "?"))),
         silence,
         math.log(max(silence, 0.05)),
-        words / max(cues.speech_s, 0.25),
+        min(words / max(cues.speech_s, 0.25), MAX_RATE),
         math.log1p(words),
     ]
 

@@ -16,8 +16,7 @@ from collections.abc import Awaitable, Callable
 
 import numpy as np
 
-from services.server.session.turn import Words
-from shared.clients import UpstreamError
+from shared.clients import UpstreamError, Words
 from shared.protocol import SttPartial
 from shared.replicas import Replicas
 from shared.stt_stream_client import SttStreamClient

@@ -24,10 +24,11 @@ from services.server.session.barge import PREROLL, Action, BargeJudge, CheckWord
 from services.server.session.channel import Channel, Outbox
 from services.server.session.detector import new_detector
 from services.server.session.playout import Playout
-from services.server.session.turn import TurnDeps, Words
+from services.server.session.turn import TurnDeps
 from services.server.session.turn_taker import TurnTaker
 from services.server.tools import ToolRunner
 from shared.audio import STT_RATE, active_level, pcm16_to_float
+from shared.clients import Words
 from shared.logs import user_text
 from shared.metrics import SESSION_ERRORS
 from shared.protocol import (
@@ -87,6 +88,7 @@ class Session:
         self._timer: asyncio.Task[None] | None = None
         self._check: asyncio.Task[None] | None = None  # the words check in progress
         self._words_from = 0  # samples into the detector's utterance where the user's words begin
+        self._onset_t = 0.0  # detector time the utterance's speech began (pre-roll not included)
         self._new_words()
 
     def _new_words(self) -> None:
@@ -195,7 +197,7 @@ class Session:
         turns = self.turns
         if isinstance(ev, SpeechStarted):
             self.judge.speech_started()
-            turns.early, self._words_from = None, 0  # a new utterance continues nothing
+            turns.early, self._words_from, self._onset_t = None, 0, ev.t  # a new utterance continues nothing
             if turns.speaking():  # while we talk: the user, a backchannel or our echo? (barge.py)
                 await self._act_all(self.judge.over_reply(ev.t))
                 return
@@ -228,13 +230,21 @@ class Session:
 
         async def transcribe() -> Words | str:
             words = await self.live.transcript() if live and self.live is not None else None
-            return words if words is not None else await stt.transcribe(audio)  # batch: the stream broke
+            return words if words is not None else await stt.transcribe_words(audio)  # batch: the stream broke
 
         async def sounds_finished() -> float | None:
             return await stt.end_of_turn(audio)
 
-        spoken = len(audio) / STT_RATE - self.detector.cfg.pre_roll - max(self.clock() - speech_end, 0.0)  # onset to the last voiced sample
-        self.turns.speculate(speech_end, transcribe, sounds_finished, by_words, speech_s=max(spoken, 0.25))
+        self.turns.speculate(speech_end, transcribe, sounds_finished, by_words, speech_s=self._spoken(len(audio) / STT_RATE))
+
+    def _spoken(self, audio_s: float) -> float:
+        """Seconds of this turn's speech, from its onset (or where the user's words began) to the
+        last voiced hop, in detector time: the learned end of turn's speaking rate."""
+        det = self.detector
+        if not det.in_speech:  # the utterance has closed (it never paused): its audio less the pre-roll
+            return max(audio_s - det.cfg.pre_roll, 0.25)
+        start = max(self._onset_t, det.time - (det.utterance_samples - self._words_from) / STT_RATE)
+        return max(det.time - det.silence - start, 0.25)
 
     async def _end_utterance(self) -> None:
         if self.live is not None:

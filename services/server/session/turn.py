@@ -24,7 +24,7 @@ from services.server.session.channel import Audio, Message, Outbox
 from services.server.session.turn_state import _ENDED, _NEXT, Outcome, TurnState
 from services.server.tools import FALLBACK, MAX_ROUNDS, ToolFailed, ToolRunner
 from shared.aio import cancel_and_wait
-from shared.clients import ChatClient, Speech, SpeechAudio, UpstreamError
+from shared.clients import ChatClient, Speech, SpeechAudio, UpstreamError, Words
 from shared.logs import TURN_LOG, user_text
 from shared.metrics import SESSION_ERRORS, TURN_STAGE, TURNS
 from shared.protocol import ErrorOut, Metrics, ResponseText, ToolCall, TranscriptOut, TtsStreamEnd, _Out
@@ -34,14 +34,6 @@ log = logging.getLogger("server.turn")
 F32 = 4  # bytes per output sample (24 kHz float32 LE)
 RESEND_CHUNK = 4800 * F32  # audio sent again after a pause goes in 0.2 s chunks
 
-
-
-@dataclass(frozen=True)
-class Words:
-    """A transcript, and how sure the STT is that it ends a sentence (Whisper's P(. ? !); None: unknown)."""
-
-    text: str
-    sentence_end: float | None = None
 
 
 Transcriber = Callable[[], Awaitable[str | Words]]
