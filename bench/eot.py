@@ -196,6 +196,10 @@ class Points:
     def n_hold(self) -> int:
         return int(self.scored_hold.sum())
 
+    def cue(self, key: str) -> np.ndarray:
+        """One cue at every point (NaN where it is missing)."""
+        return np.array([np.nan if r[key] is None else r[key] for r in self.rows], dtype=float)
+
     def sound_at(self, t: float) -> np.ndarray:
         """The latest Smart Turn reading made by `t` s of silence (NaN: none)."""
         out = np.full(len(self.rows), np.nan)
@@ -276,17 +280,17 @@ def smart_turn(p: Points, reread: bool) -> Sweep:
     if reread:
         prob = np.stack([p.sound_at(float(t)) for t in TGRID], axis=1)
         return first_crossing(prob, p.ready_sound, "Smart Turn v3.2, re-read")
-    return first_crossing(constant(np.array([np.nan if r["sound"] is None else r["sound"] for r in p.rows])), p.ready_sound,
+    return first_crossing(constant(p.cue("sound")), p.ready_sound,
                           "Smart Turn v3.2 (one reading)")
 
 
 def lm_alone(p: Points) -> Sweep:
-    return first_crossing(constant(np.array([np.nan if r["lm"] is None else r["lm"] for r in p.rows])), p.ready_text,
+    return first_crossing(constant(p.cue("lm")), p.ready_text,
                           "language model P(end)")
 
 
 def whisper_alone(p: Points) -> Sweep:
-    return first_crossing(constant(np.array([np.nan if r["stop"] is None else r["stop"] for r in p.rows])), p.ready_text,
+    return first_crossing(constant(p.cue("stop")), p.ready_text,
                           "Whisper P(sentence end)")
 
 
@@ -564,10 +568,10 @@ def main() -> None:
                                    "eot_weights.json as shipped, its point"))
         report += table(sweeps, p, split)
         report.append("  cut-offs by hold kind: " + "; ".join(f"{sw.name.split(',')[0]}: {by_kind(sw, p)}" for sw in sweeps if len(sw.params) == 1))
-        lm = np.array([np.nan if r["lm"] is None else r["lm"] for r in p.rows])
-        snd = np.array([np.nan if r["sound"] is None else r["sound"] for r in p.rows])
+        lm = p.cue("lm")
+        snd = p.cue("sound")
         words = np.array([float(r["words"]) for r in p.rows])
-        stop = np.array([np.nan if r["stop"] is None else r["stop"] for r in p.rows])
+        stop = p.cue("stop")
         pg = prob_grid(params, p)[:, 0]
         report.append(f"  AUC ends vs holds (at the pause): LM {auc(lm, p):.2f}, Smart Turn {auc(snd, p):.2f}, "
                       f"words {auc(words, p):.2f}, Whisper P(sentence end) {auc(stop, p):.2f}, learned at 0.2 s {auc(pg, p):.2f}; LM reading missing at "

@@ -34,8 +34,6 @@ log = logging.getLogger("server.turn")
 F32 = 4  # bytes per output sample (24 kHz float32 LE)
 RESEND_CHUNK = 4800 * F32  # audio sent again after a pause goes in 0.2 s chunks
 
-
-
 Transcriber = Callable[[], Awaitable[str | Words]]
 Prompt = list[dict[str, Any]]  # the conversation so far (system prompt first); the user's words are added
 
@@ -136,12 +134,12 @@ class Turn:
         return self.state in (TurnState.LISTENING, TurnState.SPECULATING)
 
     def speculate(self, speech_end: float, transcribe: Transcriber, prompt: Prompt,
-                  sounds: Callable[[], Awaitable[float | None]] | None = None, by_words: bool = False) -> None:
+                  sounds: Callable[[], Awaitable[float | None]] | None = None, by_words: bool = False, speech_s: float = 0.0) -> None:
         """The user paused: compute the answer now, its output held until confirm();
         `sounds` asks how finished the speech sounds."""
         self.advance(TurnState.SPECULATING)
         self._fresh(speech_end)
-        self.by_words = by_words
+        self.by_words, self.speech_s = by_words, speech_s
         self.mark("created")
         self.task = asyncio.create_task(self._run(transcribe, prompt))
         if sounds is None:

@@ -93,8 +93,8 @@ class TurnTaker:
         """A pause: the listening turn computes its answer, output held; `speech_s`: how long they have spoken."""
         turn = self.current
         if turn is not None and turn.state == TurnState.LISTENING:
-            turn.speculate(speech_end, transcribe, self.prompt(), sounds if self.cfg.end_of_turn_policy != "text" else None, by_words)
-            turn.speech_s = speech_s
+            turn.speculate(speech_end, transcribe, self.prompt(), sounds if self.cfg.end_of_turn_policy != "text" else None, by_words,
+                           speech_s)
 
     async def user_went_on(self) -> bool:
         """The user goes on after a pause: a speculating turn listens again (True), keeping its id."""
@@ -106,7 +106,7 @@ class TurnTaker:
     def wait_for(self, turn: Turn) -> float:
         """How much silence ends this turn, from what its words and their sound say."""
         if self._model is not None:
-            if not (turn.judged.is_set() and turn.heard.is_set()):
+            if not _cues_in(turn):
                 return self.turn_cap
             if turn.learned_wait is None:  # the cues are in: the model's wait, worked out once
                 cues = EotCues(turn.transcript, turn.end_of_turn, turn.sounds_finished, turn.speech_s, turn.sentence_end)
@@ -116,7 +116,7 @@ class TurnTaker:
                 "unsure": self.turn_cap, "unfinished": max(self.turn_cap, self.cfg.unfinished_max_silence)}[self.verdict(turn)]
 
     def verdict(self, turn: Turn) -> Verdict:
-        return judge(turn, self.cfg) if turn.judged.is_set() and turn.heard.is_set() else "unsure"
+        return judge(turn, self.cfg) if _cues_in(turn) else "unsure"
 
     async def end_if_due(self, silence: float, stalled: bool) -> bool:
         """The speculating turn's silence is long enough (or the client stopped): it is
@@ -289,6 +289,11 @@ class TurnTaker:
                 if t.open:
                     t.end(TurnState.DROPPED)
                 await t.cancel()
+
+
+def _cues_in(turn: Turn) -> bool:
+    """The words, the language model's reading and the sound's are known (or known to be missing)."""
+    return turn.judged.is_set() and turn.heard.is_set()
 
 
 def _p(x: float | None) -> str:

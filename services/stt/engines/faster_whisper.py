@@ -78,6 +78,8 @@ class FasterWhisperEngine(SttEngine):
         self._languages = frozenset(_LANGUAGE_CODES)
         self._tokenizers: dict[str, Any] = {}
         self._make_tokenizer = lambda lang: Tokenizer(self.model.hf_tokenizer, self._multilingual, task="transcribe", language=lang)
+        hf = self.model.hf_tokenizer  # the tokens that end a sentence (`_sentence_end`)
+        self._stops = [i for t in (".", "!", "?", "...", "Ġ.") if (i := hf.token_to_id(t)) is not None]
         self.transcribe(np.zeros(STT_RATE, np.float32))  # warm-up: first call allocates
 
     def tokenizer(self, language: str | None):  # type: ignore[no-untyped-def]
@@ -177,13 +179,7 @@ class FasterWhisperEngine(SttEngine):
             log.warning("no sentence-end reading from this decode: %s", exc)
             return None
         p = np.exp(lp - lp.max())
-        return float(p[self._stop_ids()].sum() / p.sum())
-
-    def _stop_ids(self) -> list[int]:
-        if not hasattr(self, "_stops"):
-            hf = self.model.hf_tokenizer
-            self._stops = [i for t in (".", "!", "?", "...", "Ġ.") if (i := hf.token_to_id(t)) is not None]
-        return self._stops
+        return float(p[self._stops].sum() / p.sum())
 
     @staticmethod
     def _new_ids(res, prompt: list[int], tok) -> list[int]:  # type: ignore[no-untyped-def]
